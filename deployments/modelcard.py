@@ -1,0 +1,59 @@
+"""Model cards: the ``model.json`` beside every model's weights, as pydantic models."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class SRArchitecture(BaseModel):
+    """Hyper-parameters that rebuild a super-resolution network before its weights load."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["SRResNet"] = "SRResNet"
+    scale: int = Field(4, description="scale factor: output pixels per input pixel along each axis")
+    channels: int = Field(48, ge=8, le=256)
+    blocks: int = Field(8, ge=1, le=64)
+    res_scale: float = Field(1.0, gt=0, le=1)
+
+
+class SRMetrics(BaseModel):
+    """Validation figures, PSNR in dB and SSIM in [0, 1], on the Y channel (ITU-R BT.601)."""
+
+    dataset: str = Field(description="validation folder, as given to the training command")
+    images: int
+    border: int = Field(description="pixels cropped from each border before measuring")
+    psnr_y: float
+    ssim_y: float
+    bicubic_psnr_y: float
+    bicubic_ssim_y: float
+
+
+class TrainingRecord(BaseModel):
+    """How the weights were produced, so that anyone can produce them again."""
+
+    command: str
+    data: list[str]
+    steps: int
+    batch_size: int = Field(description="patches per step across all workers")
+    hr_patch: int = Field(description="HR patch side in pixels")
+    workers: int
+    precision: str
+    wall_time_s: float
+
+
+class ModelCard(BaseModel):
+    """The ``model.json`` of a super-resolution model folder."""
+
+    name: str
+    family: Literal["superres"] = "superres"
+    architecture: SRArchitecture
+    weights: str = "model.safetensors"
+    training: TrainingRecord | None = None
+    metrics: SRMetrics | None = None
+
+    @property
+    def scale(self) -> int:
+        return self.architecture.scale

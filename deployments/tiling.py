@@ -1,0 +1,108 @@
+"""Cutting an image into fixed-size overlapping tiles and stitching the upscaled tiles back.
+
+Every tile has the same shape, ``(C, tile_size, tile_size)``, so tiles from different requests
+stack into one batch, and memory per forward pass is bounded whatever the image size. Adjacent
+tiles overlap by ``overlap`` pixels; stitching keeps, for each output pixel, the tile whose
+centre is nearest (the cut runs through the middle of each overlap). With ``overlap`` at least
+twice the network's receptive radius, the stitched output equals the output of the whole image.
+Images smaller than a tile are padded by edge replication and the padding is cropped after.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+def axis_starts(length: int, tile_size: int, overlap: int) -> list[int]:
+    """Tile start offsets (pixels) along one axis of ``length >= tile_size`` pixels.
+
+    The last tile is pushed back to end exactly at the edge, so it may overlap more.
+
+    Raises:
+        ValueError: ``overlap`` is not in [0, tile_size), or ``length < tile_size``.
+    """
+    if not 0 <= overlap < tile_size:
+        raise ValueError(f"overlap must be in [0, {tile_size}), got {overlap}")
+    if length < tile_size:
+        raise ValueError(f"length {length} is shorter than the tile size {tile_size}")
+    stride = tile_size - overlap
+    starts = list(range(0, length - tile_size, stride))
+    return starts + [length - tile_size]
+
+
+def axis_cuts(starts: list[int], tile_size: int, length: int) -> list[tuple[int, int]]:
+    """For each tile, the ``[begin, end)`` range of the axis (pixels) that it contributes.
+
+    The cut between two neighbours sits in the middle of their overlap.
+    """
+    cuts = []
+    for i, start in enumerate(starts):
+        begin = 0 if i == 0 else (starts[i - 1] + tile_size + start) // 2
+        end = length if i == len(starts) - 1 else (start + tile_size + starts[i + 1]) // 2
+        cuts.append((begin, end))
+    return cuts
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    """Where the tiles of one ``(height, width)`` image lie; sizes in LR pixels.
+
+    ``padded_height/width`` are at least ``tile_size``; ``height/width`` are the image's own.
+    """
+
+    height: int
+    width: int
+    tile_size: int
+    overlap: int
+
+    @property
+    def padded_height(self) -> int:
+        return max(self.height, self.tile_size)
+
+    @property
+    def padded_width(self) -> int:
+        return max(self.width, self.tile_size)
+
+    def rows(self) -> list[int]:
+        return axis_starts(self.padded_height, self.tile_size, self.overlap)
+
+    def cols(self) -> list[int]:
+        return axis_starts(self.padded_width, self.tile_size, self.overlap)
+
+    def __len__(self) -> int:
+        return len(self.rows()) * len(self.cols())
+
+
+def split_tiles(image: np.ndarray, tile_size: int, overlap: int) -> tuple[np.ndarray, TilePlan]:
+    """Cut ``(H, W, C)`` into tiles.
+
+    Returns ``(N, C, tile_size, tile_size)`` of the image's dtype, in row-major order, and the
+    plan that :func:`stitch_tiles` needs.
+    """
+    height, width = image.shape[:2]
+    plan = TilePlan(height, width, tile_size, overlap)
+    padded = np.pad(image, ((0, plan.padded_height - height), (0, plan.padded_width - width), (0, 0)), mode="edge")
+    tiles = [padded[y : y + tile_size, x : x + tile_size] for y in plan.rows() for x in plan.cols()]
+    return np.ascontiguousarray(np.stack(tiles).transpose(0, 3, 1, 2)), plan
+
+
+def stitch_tiles(tiles: np.ndarray, plan: TilePlan, scale: int) -> np.ndarray:
+    """Join upscaled tiles ``(N, C, tile_size*scale, tile_size*scale)`` into ``(H*scale, W*scale, C)``.
+
+    Raises:
+        ValueError: the number or shape of the tiles does not fit the plan.
+    """
+    side = plan.tile_size * scale
+    if tiles.shape[0] != len(plan) or tiles.shape[2:] != (side, side):
+        raise ValueError(f"expected {len(plan)} tiles of {side}x{side}, got {tiles.shape}")
+    rows, cols = plan.rows(), plan.cols()
+    row_cuts = axis_cuts(rows, plan.tile_size, plan.padded_height)
+    col_cuts = axis_cuts(cols, plan.tile_size, plan.padded_width)
+    out = np.empty((plan.padded_height * scale, plan.padded_width * scale, tiles.shape[1]), dtype=tiles.dtype)
+    for i, (y, (y0, y1)) in enumerate(zip(rows, row_cuts)):
+        for j, (x, (x0, x1)) in enumerate(zip(cols, col_cuts)):
+            tile = tiles[i * len(cols) + j].transpose(1, 2, 0)
+            out[y0 * scale : y1 * scale, x0 * scale : x1 * scale] = tile[(y0 - y) * scale : (y1 - y) * scale, (x0 - x) * scale : (x1 - x) * scale]
+    return out[: plan.height * scale, : plan.width * scale]

@@ -1,0 +1,101 @@
+"""The ``pixelfleet`` command line: run the app, inspect it, train and evaluate models."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+app = typer.Typer(help="pixelfleet: image models on Ray Serve, fine-tuned on Ray Train.", no_args_is_help=True)
+train_app = typer.Typer(help="Train models on Ray Train.", no_args_is_help=True)
+app.add_typer(train_app, name="train")
+
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "local.yaml"
+APP_NAME = "pixelfleet"
+
+
+def _command_line() -> str:
+    return shlex.join(["pixelfleet", *sys.argv[1:]])
+
+
+@train_app.command("srgan")
+def train_srgan(
+    output: Path = typer.Option(..., help="model folder to write"),
+    train_data: list[Path] = typer.Option(..., "--train-data", help="folder of HR training images (repeatable)"),
+    val_data: Path = typer.Option(..., help="folder of HR validation images"),
+    name: str = typer.Option("srresnet-x4", help="model name"),
+    scale: int = typer.Option(4, help="scale factor"),
+    channels: int = typer.Option(48),
+    blocks: int = typer.Option(8),
+    steps: int = typer.Option(6000),
+    batch_size: int = typer.Option(32, help="patches per step across all workers"),
+    hr_patch: int = typer.Option(96, help="HR patch side in pixels"),
+    learning_rate: float = typer.Option(1e-3),
+    num_workers: int = typer.Option(2, help="Ray Train workers (DDP)"),
+    use_gpu: bool = typer.Option(False),
+    bf16: bool = typer.Option(True, help="bf16 autocast for training steps"),
+    val_every: int = typer.Option(1000),
+    seed: int = typer.Option(0),
+    storage_path: Path = typer.Option(Path("runs"), help="Ray Train storage for checkpoints"),
+) -> None:
+    """Train an SRResNet generator (L1) with Ray Train and write a servable model folder."""
+    from deployments.modelcard import SRArchitecture
+    from train.srgan.config import SRTrainConfig
+    from train.srgan.run import run
+
+    cfg = SRTrainConfig(
+        name=name,
+        architecture=SRArchitecture(scale=scale, channels=channels, blocks=blocks),
+        train_data=train_data,
+        val_data=val_data,
+        output=output,
+        steps=steps,
+        batch_size=batch_size,
+        hr_patch=hr_patch,
+        learning_rate=learning_rate,
+        num_workers=num_workers,
+        use_gpu=use_gpu,
+        bf16=bf16,
+        val_every=val_every,
+        seed=seed,
+        storage_path=storage_path,
+    )
+    card = run(cfg, _command_line())
+    typer.echo(card.model_dump_json(indent=2))
+
+
+@app.command()
+def up(
+    config: Path = typer.Option(DEFAULT_CONFIG, help="Serve config file (serve/configs/*.yaml)"),
+    host: Optional[str] = typer.Option(None, help="HTTP host; default: the config's http_options"),
+    port: Optional[int] = typer.Option(None, help="HTTP port; default: the config's http_options"),
+    dashboard: bool = typer.Option(False, help="start the Ray dashboard (about 1 GB more memory)"),
+    timeout: float = typer.Option(900.0, help="seconds to wait for every model to load"),
+) -> None:
+    """Start a local Ray in this process, deploy the app, and serve until Ctrl-C or SIGTERM."""
+    from serve.runner import run_local
+
+    raise typer.Exit(run_local(config, host=host, port=port, dashboard=dashboard, timeout_s=timeout))
+
+
+@app.command()
+def status(address: str = typer.Option("auto", help="Ray cluster address")) -> None:
+    """Show the Serve applications and deployments of a running cluster."""
+    from serve.runner import print_status
+
+    raise typer.Exit(print_status(address))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,123 @@
+"""Running the app on a local Ray (``pixelfleet up``) and reporting on it (``pixelfleet status``).
+
+``up`` does in-process what ``serve run CONFIG`` does: it starts Ray, starts Serve with the
+config's HTTP options, and submits the config; then it waits until the application runs.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+from types import FrameType
+
+import ray
+import yaml
+from ray import serve
+from ray.serve._private import api as serve_api  # what `serve run` uses to submit a config file
+from ray.serve.schema import ApplicationStatus, ServeDeploySchema
+from rich.console import Console
+
+console = Console()
+SERVE_NAMESPACE = "serve"
+
+
+def load_serve_config(path: Path, host: str | None = None, port: int | None = None) -> ServeDeploySchema:
+    """Read and validate a Serve config file, with the HTTP host/port overridden if given.
+
+    Raises:
+        FileNotFoundError: no such file.
+        pydantic.ValidationError: not a valid Serve config.
+    """
+    schema = ServeDeploySchema.model_validate(yaml.safe_load(path.read_text()))
+    if host is not None:
+        schema.http_options.host = host
+    if port is not None:
+        schema.http_options.port = port
+    return schema
+
+
+def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def wait_until_running(name: str, timeout_s: float) -> None:
+    """Poll ``serve.status()`` until application ``name`` runs.
+
+    Raises:
+        RuntimeError: the deployment failed (the message says why).
+        TimeoutError: still deploying after ``timeout_s`` seconds.
+    """
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        app = serve.status().applications.get(name)
+        if app is not None and app.status == ApplicationStatus.RUNNING:
+            return
+        if app is not None and app.status in (ApplicationStatus.DEPLOY_FAILED, ApplicationStatus.UNHEALTHY):
+            raise RuntimeError(f"application {name} is {app.status.value}: {app.message}")
+        time.sleep(0.5)
+    raise TimeoutError(f"application {name} was not running after {timeout_s:.0f} s")
+
+
+def run_local(config: Path, host: str | None, port: int | None, dashboard: bool, timeout_s: float) -> int:
+    """Start Ray and the app; block until interrupted. Returns the process exit code."""
+    schema = load_serve_config(config, host, port)
+    started = time.monotonic()
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        with console.status("starting Ray"):
+            ray.init(include_dashboard=dashboard, namespace=SERVE_NAMESPACE, configure_logging=True, log_to_driver=True)
+        client = serve_api.serve_start(http_options=schema.http_options.model_dump(), proxy_location=schema.proxy_location)
+        client.deploy_apps(schema, _blocking=False)
+        names = [app.name for app in schema.applications]
+        with console.status(f"deploying {', '.join(names)} from {config}"):
+            for name in names:
+                wait_until_running(name, timeout_s)
+        url = f"http://{schema.http_options.host}:{schema.http_options.port}"
+        console.print(f"[bold green]pixelfleet is serving at {url}[/] (ready in {time.monotonic() - started:.1f} s; OpenAPI at {url}/docs)")
+        for name in names:
+            _print_models(name)
+        console.print("Press Ctrl-C to stop.")
+        while True:
+            time.sleep(1)
+    except KeyboardInterrupt:
+        console.print("shutting down")
+        return 0
+    except (RuntimeError, TimeoutError) as err:
+        console.print(f"[bold red]{err}[/]")
+        return 1
+    finally:
+        if ray.is_initialized():
+            serve.shutdown()
+            ray.shutdown()
+
+
+def _print_models(app_name: str) -> None:
+    listing = serve.get_app_handle(app_name).list_models.remote().result(timeout_s=60)
+    for family, entry in listing["families"].items():
+        for variant, info in entry["variants"].items():
+            default = " (default)" if variant == entry["default"] else ""
+            detail = f"x{info['scale']} from {info['weights']}" if family == "superres" else f"engine {info.get('engine')}"
+            console.print(f"  {family}/{variant}{default}: {detail}")
+
+
+def print_status(address: str) -> int:
+    """Print applications, deployments and replica counts of the cluster at ``address``."""
+    try:
+        ray.init(address=address, namespace=SERVE_NAMESPACE, log_to_driver=False)
+    except ConnectionError as err:
+        console.print(f"[bold red]no Ray cluster at {address}: {err}[/]")
+        return 1
+    try:
+        applications = serve.status().applications
+        if not applications:
+            console.print("no Serve application is deployed")
+            return 1
+        for name, app in applications.items():
+            console.print(f"[bold]{name}[/]: {app.status.value} {app.message}")
+            for deployment_name, deployment in app.deployments.items():
+                replicas = ", ".join(f"{state.value} {count}" for state, count in deployment.replica_states.items())
+                console.print(f"  {deployment_name}: {deployment.status.value} ({replicas})")
+        return 0
+    finally:
+        ray.shutdown()

@@ -1,0 +1,34 @@
+"""Shared test helpers: where the real data lives, and small synthetic images."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+DATASETS = REPO.parent / "shared" / "datasets"
+
+
+def dataset(*parts: str) -> Path:
+    """A folder of ``../shared/datasets``; the test skips cleanly when it is absent."""
+    folder = DATASETS.joinpath(*parts)
+    if not folder.is_dir():
+        pytest.skip(f"real data not present: {folder}")
+    return folder
+
+
+def synthetic_photo(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """A smooth ``(H, W, 3)`` uint8 test image: gradients plus a few soft blobs and edges."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    image = np.stack([x / max(width - 1, 1), y / max(height - 1, 1), (x + y) / max(height + width - 2, 1)], axis=2) * 160
+    for _ in range(6):
+        cy, cx, r = rng.uniform(0, height), rng.uniform(0, width), rng.uniform(3, max(4, min(height, width) / 3))
+        image += (np.exp(-((y - cy) ** 2 + (x - cx) ** 2) / (2 * r * r))[..., None] * rng.uniform(-90, 90, size=3))
+    image[:, width // 2 :] += 30  # a hard vertical edge
+    return np.clip(image, 0, 255).astype(np.uint8)

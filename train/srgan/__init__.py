@@ -1,0 +1,1 @@
+"""SRGAN/SRResNet training on Ray Train (``pixelfleet train srgan``)."""
