@@ -59,21 +59,29 @@ def wait_until_running(name: str, timeout_s: float) -> None:
     raise TimeoutError(f"application {name} was not running after {timeout_s:.0f} s")
 
 
+def start_local(schema: ServeDeploySchema, dashboard: bool = False, timeout_s: float = 900.0) -> str:
+    """Start a local Ray in this process, submit ``schema`` and wait until every app runs.
+
+    Returns the HTTP base URL. Raises what :func:`wait_until_running` raises.
+    """
+    if not ray.is_initialized():
+        ray.init(include_dashboard=dashboard, namespace=SERVE_NAMESPACE, log_to_driver=True)
+    client = serve_api.serve_start(http_options=schema.http_options.model_dump(), proxy_location=schema.proxy_location)
+    client.deploy_apps(schema, _blocking=False)
+    for app in schema.applications:
+        wait_until_running(app.name, timeout_s)
+    return f"http://{schema.http_options.host}:{schema.http_options.port}"
+
+
 def run_local(config: Path, host: str | None, port: int | None, dashboard: bool, timeout_s: float) -> int:
     """Start Ray and the app; block until interrupted. Returns the process exit code."""
     schema = load_serve_config(config, host, port)
+    names = [app.name for app in schema.applications]
     started = time.monotonic()
     signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
-        with console.status("starting Ray"):
-            ray.init(include_dashboard=dashboard, namespace=SERVE_NAMESPACE, configure_logging=True, log_to_driver=True)
-        client = serve_api.serve_start(http_options=schema.http_options.model_dump(), proxy_location=schema.proxy_location)
-        client.deploy_apps(schema, _blocking=False)
-        names = [app.name for app in schema.applications]
-        with console.status(f"deploying {', '.join(names)} from {config}"):
-            for name in names:
-                wait_until_running(name, timeout_s)
-        url = f"http://{schema.http_options.host}:{schema.http_options.port}"
+        with console.status(f"starting Ray and deploying {', '.join(names)} from {config}"):
+            url = start_local(schema, dashboard, timeout_s)
         console.print(f"[bold green]pixelfleet is serving at {url}[/] (ready in {time.monotonic() - started:.1f} s; OpenAPI at {url}/docs)")
         for name in names:
             _print_models(name)

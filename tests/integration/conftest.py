@@ -1,0 +1,69 @@
+"""One real local Ray and the real pixelfleet Serve app for the whole test session.
+
+The app is deployed from ``serve/configs/local.yaml`` exactly as ``pixelfleet up`` deploys it,
+on a free port, with the request limits lowered so that the 413 paths are cheap to reach.
+"""
+
+from __future__ import annotations
+
+import io
+import socket
+from collections.abc import Iterator
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from serve.cli import DEFAULT_CONFIG
+from serve.runner import load_serve_config, start_local
+
+APP_NAME = "pixelfleet"
+MAX_BODY_BYTES = 2 * 1024 * 1024
+MAX_PIXELS = 4_000_000
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def app_url() -> Iterator[str]:
+    import ray
+    from ray import serve
+
+    schema = load_serve_config(DEFAULT_CONFIG, host="127.0.0.1", port=_free_port())
+    schema.applications[0].args["limits"] = {"max_body_bytes": MAX_BODY_BYTES, "max_pixels": MAX_PIXELS}
+    try:
+        yield start_local(schema, timeout_s=600)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def client(app_url: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=app_url, timeout=120) as http:
+        yield http
+
+
+@pytest.fixture(scope="session")
+def handle(app_url: str):
+    from ray import serve
+
+    return serve.get_app_handle(APP_NAME)
+
+
+def png_bytes(array: np.ndarray) -> bytes:
+    """``(H, W, C)`` uint8 -> PNG file bytes."""
+    buffer = io.BytesIO()
+    Image.fromarray(array[..., 0] if array.shape[2] == 1 else array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def open_image(data: bytes) -> Image.Image:
+    image = Image.open(io.BytesIO(data))
+    image.load()
+    return image

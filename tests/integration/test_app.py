@@ -1,0 +1,216 @@
+"""The running app over HTTP and by handle: operations, metadata, and bad input."""
+
+from __future__ import annotations
+
+import io
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw, ImageFont
+
+from serve.errors import Unprocessable, UnknownModel
+from tests.conftest import dataset, synthetic_photo
+from tests.integration.conftest import MAX_BODY_BYTES, open_image, png_bytes
+from train.metrics import character_error_rate, psnr_y
+from train.sr_data import crop_to_multiple, load_rgb, make_lr
+from train.srgan.evaluate import bicubic_upscale
+
+pytestmark = pytest.mark.integration
+
+
+def upscale(client, data: bytes, **params):
+    return client.post("/v1/superres", content=data, headers={"Content-Type": "image/png"}, params=params)
+
+
+def assert_json_error(response, status: int, code: str) -> None:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    assert response.json()["error"]["code"] == code
+
+
+# ---- metadata ----
+
+
+def test_health_and_readiness(client):
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json()["variants"] == {"superres/srresnet-x4": True, "ocr/rapidocr": True, "ocr/tesseract": True}
+
+
+def test_models_lists_families_variants_and_cards(client):
+    families = client.get("/v1/models").json()["families"]
+    superres = families["superres"]
+    assert superres["default"] == "srresnet-x4"
+    card = superres["variants"]["srresnet-x4"]
+    assert card["scale"] == 4 and card["weights"].endswith("srresnet-x4")
+    assert card["metrics"]["psnr_y"] > card["metrics"]["bicubic_psnr_y"]
+    assert set(families["ocr"]["variants"]) == {"rapidocr", "tesseract"}
+    assert families["ocr"]["variants"]["tesseract"]["engine"] == "tesseract"
+
+
+def test_openapi_documents_the_routes(client):
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {"/v1/superres", "/v1/ocr", "/v1/models", "/healthz", "/readyz"} <= set(paths)
+    assert "multipart/form-data" in paths["/v1/superres"]["post"]["requestBody"]["content"]
+    assert client.get("/docs").status_code == 200
+
+
+# ---- super-resolution ----
+
+
+def test_superres_beats_bicubic_on_a_real_photo(client):
+    folder = dataset("sr", "val", "bsd200")
+    hr = crop_to_multiple(load_rgb(sorted(folder.glob("*.png"))[0]), 4)
+    lr = make_lr(hr, 4)
+    response = upscale(client, png_bytes(lr), scale=4)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "image/png"
+    assert response.headers["x-pixelfleet-variant"] == "superres/srresnet-x4"
+    sr = np.asarray(open_image(response.content))
+    assert sr.shape == hr.shape
+    assert psnr_y(sr, hr, 4) > psnr_y(bicubic_upscale(lr, 4), hr, 4) + 0.3
+
+
+def test_superres_tiles_a_larger_image(client):
+    """Bigger than one tile in both directions: the output is seamless and close to bicubic."""
+    lr = synthetic_photo(150, 300)
+    response = upscale(client, png_bytes(lr))
+    sr = np.asarray(open_image(response.content))
+    assert sr.shape == (600, 1200, 3)
+    assert psnr_y(sr, bicubic_upscale(lr, 4), 4) > 30  # same picture, not garbage at tile seams
+
+
+@pytest.mark.parametrize("mode,channels", [("L", 1), ("RGBA", 4), ("LA", 2)])
+def test_superres_keeps_gray_and_alpha(client, mode, channels):
+    base = synthetic_photo(40, 50)
+    image = Image.fromarray(base).convert(mode)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    out = open_image(upscale(client, buffer.getvalue()).content)
+    assert out.size == (200, 160) and len(out.getbands()) == channels
+    if channels in (2, 4):
+        alpha = np.asarray(out)[..., -1]
+        assert alpha.min() == 255  # opaque stays opaque
+
+
+def test_superres_multipart_with_form_fields(client):
+    files = {"image": ("photo.png", png_bytes(synthetic_photo(32, 48)), "image/png")}
+    response = client.post("/v1/superres", files=files, data={"format": "jpeg", "scale": "4"})
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "image/jpeg"
+    assert open_image(response.content).size == (192, 128)
+
+
+@pytest.mark.parametrize("fmt", ["webp", "jpeg"])
+def test_superres_output_formats(client, fmt):
+    response = upscale(client, png_bytes(synthetic_photo(16, 16)), format=fmt)
+    assert open_image(response.content).format == fmt.upper()
+
+
+def test_concurrent_requests_all_succeed(client):
+    images = [synthetic_photo(40, 60, seed=i) for i in range(6)]
+    with ThreadPoolExecutor(6) as pool:
+        responses = list(pool.map(lambda img: upscale(client, png_bytes(img)), images))
+    for image, response in zip(images, responses):
+        assert response.status_code == 200
+        assert np.asarray(open_image(response.content)).shape == (160, 240, 3)
+
+
+# ---- OCR ----
+
+
+def rendered_text(text: str) -> bytes:
+    image = Image.new("RGB", (900, 90), "white")
+    ImageDraw.Draw(image).text((20, 15), text, fill="black", font=ImageFont.load_default(size=48))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("model", ["rapidocr", "tesseract"])
+def test_ocr_reads_rendered_text(client, model):
+    response = client.post("/v1/ocr", params={"model": model}, content=rendered_text("Serving images at scale"), headers={"Content-Type": "image/png"})
+    assert response.status_code == 200, response.text
+    assert response.headers["x-pixelfleet-variant"] == f"ocr/{model}"
+    body = response.json()
+    assert character_error_rate(body["text"], "Serving images at scale") < 0.1
+    line = body["lines"][0]
+    assert 0 <= line["confidence"] <= 1 and len(line["box"]) == 4
+
+
+@pytest.mark.parametrize("model", ["rapidocr", "tesseract"])
+def test_ocr_reads_a_real_line_scan(client, model):
+    folder = dataset("ocr", "lines")
+    image = sorted(folder.glob("*.png"))[1]
+    truth = image.with_suffix("").with_suffix(".gt.txt").read_text()
+    response = client.post("/v1/ocr", params={"model": model}, files={"image": (image.name, image.read_bytes(), "image/png")})
+    assert response.status_code == 200, response.text
+    assert character_error_rate(response.json()["text"], truth) < 0.05
+
+
+# ---- by handle, from Python ----
+
+
+def test_handle_upscale_and_ocr(handle):
+    data = handle.upscale.remote(png_bytes(synthetic_photo(20, 30)), scale=4, format="png").result()
+    assert open_image(data).size == (120, 80)
+    result = handle.ocr.remote(rendered_text("handle call"), model="tesseract").result()
+    assert character_error_rate(result["text"], "handle call") < 0.2
+    assert "superres" in handle.list_models.remote().result()["families"]
+
+
+def test_handle_errors_keep_their_type(handle):
+    with pytest.raises(Unprocessable):
+        handle.upscale.remote(png_bytes(synthetic_photo(8, 8)), scale=3).result()
+    with pytest.raises(UnknownModel):
+        handle.ocr.remote(rendered_text("x"), model="nope").result()
+
+
+# ---- bad input: a JSON 4xx, and the replicas stay healthy ----
+
+
+def png_header_claiming(width: int, height: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("1", (width, height)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    "data,content_type,status,code",
+    [
+        (b"definitely not an image", "image/png", 400, "invalid_input"),
+        (b"", "image/png", 422, "unprocessable"),
+        (b"GIF89a" + b"\x00" * 20, "image/gif", 400, "invalid_input"),
+        (b"P6\n4 4\n255\n" + b"\x00" * 48, "image/x-portable-pixmap", 415, "unsupported_media_type"),
+        (b"{}", "application/json", 415, "unsupported_media_type"),
+        (png_header_claiming(20_000, 20_000), "image/png", 413, "payload_too_large"),
+        (png_header_claiming(3000, 2000), "image/png", 413, "payload_too_large"),
+        (b"\x00" * (MAX_BODY_BYTES + 1), "image/png", 413, "payload_too_large"),
+    ],
+    ids=["not-image", "empty", "truncated-gif", "ppm", "json", "bomb", "over-pixels", "over-bytes"],
+)
+def test_bad_input_is_a_json_4xx(client, data, content_type, status, code):
+    assert_json_error(client.post("/v1/superres", content=data, headers={"Content-Type": content_type}), status, code)
+
+
+def test_truncated_png_is_400(client):
+    data = png_bytes(synthetic_photo(64, 64))
+    assert_json_error(upscale(client, data[: len(data) // 2]), 400, "invalid_input")
+
+
+def test_bad_parameters_are_4xx(client):
+    data = png_bytes(synthetic_photo(8, 8))
+    assert_json_error(upscale(client, data, scale=3), 422, "unprocessable")
+    assert_json_error(upscale(client, data, scale="four"), 422, "unprocessable")
+    assert_json_error(upscale(client, data, format="gif"), 422, "unprocessable")
+    assert_json_error(upscale(client, data, model="../../weights"), 404, "unknown_model")
+    assert_json_error(client.post("/v1/superres", files={"other": ("a.txt", b"x")}), 422, "unprocessable")
+    assert_json_error(client.post("/v1/ocr", content=data, headers={"Content-Type": "image/png"}, params={"model": "x"}), 404, "unknown_model")
+
+
+def test_replicas_survive_bad_input(client):
+    """After all the bad requests above, every model still answers."""
+    assert client.get("/readyz").status_code == 200
+    assert upscale(client, png_bytes(synthetic_photo(8, 8))).status_code == 200
