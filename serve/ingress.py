@@ -165,13 +165,13 @@ class Ingress:
 
     async def _upscale(self, data: bytes, params: SuperResParams) -> tuple[bytes, str]:
         variant = pick_superres_variant(await self._scales(), self.config.superres.default, params.scale, params.model)
-        array = self._decode(data)
+        array = await asyncio.to_thread(self._decode, data)  # codecs off the event loop
         upscaled = await self.superres_handles[variant].upscale.remote(array)
-        return encode_image(upscaled, params.format), variant
+        return await asyncio.to_thread(encode_image, upscaled, params.format), variant
 
     async def _ocr(self, data: bytes, params: OCRParams) -> tuple[dict, str]:
         variant = pick_ocr_variant(list(self.ocr_handles), self.config.ocr.default, params.model)
-        rgb = to_rgb(self._decode(data))
+        rgb = to_rgb(await asyncio.to_thread(self._decode, data))
         return await self.ocr_handles[variant].recognize.remote(rgb), variant
 
     # ---- HTTP routes ----
