@@ -10,16 +10,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import time
 from pathlib import Path
 
 import numpy as np
-import ray
 import torch
 from PIL import Image
 from ray import serve
 
+from deployments.runtime import replica_threads
 from deployments.srnet import load_model, to_uint8
 from deployments.tiling import split_tiles, stitch_tiles
 from serve.errors import InvalidInput
@@ -58,17 +57,6 @@ def merge_channels(rgb: np.ndarray, alpha: np.ndarray | None, is_gray: bool) -> 
         size = (rgb.shape[1], rgb.shape[0])
         planes.append(np.asarray(Image.fromarray(alpha).resize(size, Image.Resampling.BICUBIC))[..., None])
     return np.concatenate(planes, axis=2)
-
-
-def replica_threads(requested: int | None) -> int:
-    """Torch threads for this replica: ``requested``, else the CPUs Ray assigned (rounded up, >= 1).
-
-    Ray sets OMP_NUM_THREADS=1 inside replicas, which would leave a multi-CPU replica on one core.
-    """
-    if requested:
-        return requested
-    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1) if ray.is_initialized() else 1
-    return max(1, math.ceil(cpus))
 
 
 @serve.deployment(max_ongoing_requests=16, max_queued_requests=64)

@@ -1,0 +1,147 @@
+"""Character error rate and speed of the OCR engines on line images, without Ray.
+
+Reads every ``<name>.png`` with its ``<name>.gt.txt`` in a folder, runs each engine on the image
+(converted to RGB with Pillow) and prints, per engine and settings: mean and median CER
+(``train.metrics.character_error_rate``), images, wall-clock and process CPU seconds per image
+(recognition only, after one warm-up image; CPU time is the steadier figure on a busy machine),
+and how many images gave no text.
+
+    python bench/ocr_cer.py --data ../shared/datasets/ocr/lines
+    python bench/ocr_cer.py --data ../shared/datasets/ocr/lines --engine rapidocr \\
+        --option det_limit_type=max --option det_limit_side_len=960 --option intra_op_num_threads=1
+    python bench/ocr_cer.py --data ../shared/datasets/ocr/lines --limit 60 --sweep-rapidocr
+
+``--option k=v`` goes to every engine that takes ``k``; ``--option rapidocr:k=v`` to one engine. Values
+are parsed as int, float, true/false or none where they look like one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from deployments.ocr import ENGINES, build_engine, to_result
+from train.metrics import character_error_rate
+
+# RapidOCR settings compared by --sweep-rapidocr: the package default, then limit type "max"
+# with RapidOCR's own side rule (None) and pinned side lengths, in pixels.
+RAPIDOCR_SWEEP = [
+    {"det_limit_type": "min", "det_limit_side_len": 736},
+    {"det_limit_type": "max", "det_limit_side_len": None},
+    {"det_limit_type": "max", "det_limit_side_len": 640},
+    {"det_limit_type": "max", "det_limit_side_len": 960},
+    {"det_limit_type": "max", "det_limit_side_len": 1280},
+    {"det_limit_type": "max", "det_limit_side_len": 1600},
+]
+
+
+def parse_value(text: str):
+    """``"3"`` -> 3, ``"0.5"`` -> 0.5, ``"true"`` -> True, ``"none"`` -> None, else the string."""
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered in ("none", "null"):
+        return None
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_options(items: list[str], engine: str) -> dict:
+    """Options for ``engine`` from ``engine:k=v`` items, and from ``k=v`` items whose ``k`` the
+    engine's constructor takes (so ``intra_op_num_threads=1`` does not break Tesseract)."""
+    accepted = inspect.signature(ENGINES[engine]).parameters
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--option wants k=v or engine:k=v, got {item!r}")
+        target, colon, key = key.rpartition(":")
+        if target == engine or (not colon and key in accepted):
+            options[key] = parse_value(value)
+    return options
+
+
+def load_samples(folder: Path, limit: int | None) -> list[tuple[str, np.ndarray, str]]:
+    """``(name, (H, W, 3) uint8 RGB, ground truth)`` for each ``.png`` that has a ``.gt.txt``."""
+    samples = []
+    for png in sorted(folder.glob("*.png")):
+        gt = png.with_name(png.stem + ".gt.txt")
+        if not gt.exists():
+            continue
+        with Image.open(png) as image:
+            rgb = np.asarray(image.convert("RGB"))
+        samples.append((png.stem, rgb, gt.read_text(encoding="utf-8")))
+        if limit and len(samples) >= limit:
+            break
+    return samples
+
+
+def evaluate(engine_name: str, options: dict, samples, verbose: bool = False) -> dict:
+    """Mean CER, images, seconds per image and empty outputs of one engine on ``samples``."""
+    engine = build_engine(engine_name, options)
+    engine.recognize(samples[0][1])  # warm-up, not timed
+    cers, seconds, cpu_seconds, empty = [], 0.0, 0.0, 0
+    for name, image, truth in samples:
+        start, cpu_start = time.perf_counter(), time.process_time()
+        text = to_result(engine.recognize(image)).text
+        seconds += time.perf_counter() - start
+        cpu_seconds += time.process_time() - cpu_start
+        cer = character_error_rate(text, truth)
+        cers.append(cer)
+        empty += not text.strip()
+        if verbose and cer > 0:
+            print(f"  {name} cer={cer:.3f} hyp={text!r} ref={truth.strip()!r}")
+    return {
+        "cer": statistics.fmean(cers),
+        "median_cer": statistics.median(cers),
+        "images": len(samples),
+        "s_per_image": seconds / len(samples),
+        "cpu_s_per_image": cpu_seconds / len(samples),
+        "empty": empty,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, required=True, help="folder of <name>.png + <name>.gt.txt")
+    parser.add_argument("--limit", type=int, default=None, help="first N images (sorted by name)")
+    parser.add_argument("--engine", choices=[*ENGINES, "all"], default="all")
+    parser.add_argument("--option", action="append", default=[], metavar="[ENGINE:]K=V")
+    parser.add_argument("--sweep-rapidocr", action="store_true", help="compare the RAPIDOCR_SWEEP settings")
+    parser.add_argument("--verbose", action="store_true", help="print every line with errors")
+    args = parser.parse_args(argv)
+
+    samples = load_samples(args.data, args.limit)
+    if not samples:
+        raise SystemExit(f"no <name>.png with <name>.gt.txt in {args.data}")
+
+    runs = []
+    if args.sweep_rapidocr:
+        base = parse_options(args.option, "rapidocr")
+        runs = [("rapidocr", {**base, **setting}) for setting in RAPIDOCR_SWEEP]
+    else:
+        names = list(ENGINES) if args.engine == "all" else [args.engine]
+        runs = [(name, parse_options(args.option, name)) for name in names]
+
+    print(f"{'engine':<10} {'mean CER':>8} {'median':>7} {'images':>6} {'s/image':>8} {'cpu s':>7} {'empty':>5}  options")
+    for name, options in runs:
+        row = evaluate(name, options, samples, args.verbose)
+        print(
+            f"{name:<10} {row['cer']:8.4f} {row['median_cer']:7.4f} {row['images']:6d} "
+            f"{row['s_per_image']:8.4f} {row['cpu_s_per_image']:7.4f} {row['empty']:5d}  {options}",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()

