@@ -214,3 +214,13 @@ def test_replicas_survive_bad_input(client):
     """After all the bad requests above, every model still answers."""
     assert client.get("/readyz").status_code == 200
     assert upscale(client, png_bytes(synthetic_photo(8, 8))).status_code == 200
+
+
+def test_ocr_reads_a_real_page_scan_in_order(client):
+    """A 1-bit TIFF page through the default variant: paragraphs come back in reading order."""
+    folder = dataset("ocr", "pages")
+    page = folder / "phototest.tif"
+    response = client.post("/v1/ocr", content=page.read_bytes(), headers={"Content-Type": "image/tiff"})
+    assert response.status_code == 200, response.text
+    assert response.headers["x-pixelfleet-variant"] == "ocr/tesseract"
+    assert character_error_rate(response.json()["text"], (folder / "phototest.txt").read_text()) < 0.05
