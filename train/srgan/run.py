@@ -27,7 +27,9 @@ def run(cfg: SRTrainConfig, command: str) -> ModelCard:
         ray.train.TrainingFailedError: a worker failed.
     """
     if not ray.is_initialized():
-        ray.init(include_dashboard=False, log_to_driver=True)
+        # Ray Train's controller watches its actors through the State API, which the dashboard
+        # serves: without it every second brings a warning. Bound to localhost.
+        ray.init(include_dashboard=True, dashboard_host="127.0.0.1")
     started = time.monotonic()
     # Workers do not share the driver's working directory: hand them absolute paths.
     worker_cfg = cfg.model_copy(update={"train_data": [p.resolve() for p in cfg.train_data], "val_data": cfg.val_data.resolve()})
