@@ -18,7 +18,7 @@ from ray.serve._private import api as serve_api  # what `serve run` uses to subm
 from ray.serve.schema import ApplicationStatus, ServeDeploySchema
 from rich.console import Console
 
-console = Console()
+console = Console(soft_wrap=True)  # never break a URL or a path across lines
 SERVE_NAMESPACE = "serve"
 
 
@@ -124,7 +124,7 @@ def print_status(address: str) -> int:
         for name, app in applications.items():
             console.print(f"[bold]{name}[/]: {app.status.value} {app.message}")
             for deployment_name, deployment in app.deployments.items():
-                replicas = ", ".join(f"{state.value} {count}" for state, count in deployment.replica_states.items())
+                replicas = ", ".join(f"{getattr(state, 'value', state)} {count}" for state, count in deployment.replica_states.items())
                 console.print(f"  {deployment_name}: {deployment.status.value} ({replicas})")
         return 0
     finally:
