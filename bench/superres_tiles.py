@@ -20,7 +20,7 @@ from deployments.srnet import load_model, to_uint8
 from deployments.tiling import split_tiles, stitch_tiles
 from serve.config import BUILTIN_WEIGHTS
 
-SETTINGS = [(128, 32, 1), (128, 32, 4), (128, 32, 8), (64, 16, 8), (192, 32, 4), (256, 32, 2)]  # tile, overlap, batch
+SETTINGS = [(128, 32, 1), (128, 32, 8), (64, 16, 1), (64, 16, 2), (64, 16, 4), (64, 16, 8), (96, 24, 4), (256, 32, 2)]  # tile, overlap, batch
 
 
 def tiled_upscale(model: torch.nn.Module, image: np.ndarray, tile: int, overlap: int, batch: int, scale: int) -> np.ndarray:

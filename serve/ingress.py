@@ -67,12 +67,17 @@ def _image_body(description: str) -> dict:
     }
 
 
-def _params(model: type[BaseModel], query: BaseModel, fields: dict[str, str]) -> Any:
-    """Query parameters overlaid by multipart form fields, validated by ``model`` (422 if bad)."""
+def _describe(errors: list[dict]) -> str:
+    """Pydantic/FastAPI validation errors as one line: ``field: message; ...``."""
+    return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors)
+
+
+def _params(model: type[BaseModel], values: dict[str, Any]) -> Any:
+    """Request options validated by ``model`` (422 if bad); a None value means not given."""
     try:
-        return model.model_validate({**query.model_dump(exclude_unset=True), **fields})
+        return model.model_validate({key: value for key, value in values.items() if value is not None})
     except ValidationError as err:
-        raise Unprocessable("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())) from None
+        raise Unprocessable(_describe(err.errors())) from None
 
 
 def error_response(err: PixelfleetError) -> JSONResponse:
@@ -88,7 +93,7 @@ async def _pixelfleet_error(request: Request, err: PixelfleetError) -> JSONRespo
 
 @api.exception_handler(RequestValidationError)
 async def _validation_error(request: Request, err: RequestValidationError) -> JSONResponse:
-    message = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+    message = _describe(err.errors())
     return error_response(Unprocessable(message))
 
 
@@ -117,13 +122,13 @@ class Ingress:
         Raises the :mod:`serve.errors` of the HTTP route (e.g. :class:`Unprocessable` for a scale
         no variant serves).
         """
-        params = _params(SuperResParams, SuperResParams(), {k: v for k, v in {"scale": scale, "format": format, "model": model}.items() if v is not None})
+        params = _params(SuperResParams, {"scale": scale, "format": format, "model": model})
         encoded, _ = await self._upscale(image, params)
         return encoded
 
     async def ocr(self, image: bytes, model: str | None = None) -> dict:
         """Recognise text in an encoded image: ``{"text", "lines": [{"text", "confidence", "box"}]}``."""
-        result, _ = await self._ocr(image, OCRParams(model=model))
+        result, _ = await self._ocr(image, _params(OCRParams, {"model": model}))
         return result
 
     async def list_models(self) -> dict:
@@ -181,7 +186,7 @@ class Ingress:
     async def http_superres(self, request: Request, query: SuperResParams = Query()) -> Response:
         """Upscale an image by the scale factor of a super-resolution variant."""
         upload = await read_upload(request, self.config.limits.max_body_bytes)
-        params = _params(SuperResParams, query, upload.fields)
+        params = _params(SuperResParams, {**query.model_dump(exclude_unset=True), **upload.fields})
         encoded, variant = await self._upscale(upload.data, params)
         return Response(encoded, media_type=OUTPUT_MEDIA_TYPES[params.format], headers={VARIANT_HEADER: f"superres/{variant}"})
 
@@ -189,7 +194,7 @@ class Ingress:
     async def http_ocr(self, request: Request, query: OCRParams = Query()) -> JSONResponse:
         """Recognise text: ``{"text", "lines": [{"text", "confidence", "box": [x0, y0, x1, y1]}]}`` in reading order."""
         upload = await read_upload(request, self.config.limits.max_body_bytes)
-        params = _params(OCRParams, query, upload.fields)
+        params = _params(OCRParams, {**query.model_dump(exclude_unset=True), **upload.fields})
         result, variant = await self._ocr(upload.data, params)
         return JSONResponse(result, headers={VARIANT_HEADER: f"ocr/{variant}"})
 
