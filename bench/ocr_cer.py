@@ -112,6 +112,7 @@ def evaluate(engine_name: str, options: dict, samples, verbose: bool = False) ->
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Parse the arguments, run the engines and print one row per engine and settings."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, required=True, help="folder of <name>.png + <name>.gt.txt")
     parser.add_argument("--limit", type=int, default=None, help="first N images (sorted by name)")

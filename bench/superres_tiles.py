@@ -24,6 +24,7 @@ SETTINGS = [(128, 32, 1), (128, 32, 8), (64, 16, 1), (64, 16, 2), (64, 16, 4), (
 
 
 def tiled_upscale(model: torch.nn.Module, image: np.ndarray, tile: int, overlap: int, batch: int, scale: int) -> np.ndarray:
+    """``(H, W, 3)`` uint8 -> ``(H*scale, W*scale, 3)`` uint8 through tiles, ``batch`` tiles a pass."""
     tiles, plan = split_tiles(image, tile, overlap)
     outputs = []
     with torch.inference_mode():
@@ -34,6 +35,7 @@ def tiled_upscale(model: torch.nn.Module, image: np.ndarray, tile: int, overlap:
 
 
 def main() -> None:
+    """Run every setting and print its throughput and ratio to the first."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=BUILTIN_WEIGHTS / "srresnet-x4")
     parser.add_argument("--size", type=int, default=512, help="LR image side, pixels")

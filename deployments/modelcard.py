@@ -56,4 +56,5 @@ class ModelCard(BaseModel):
 
     @property
     def scale(self) -> int:
+        """The scale factor (output pixels per input pixel along each axis)."""
         return self.architecture.scale

@@ -35,6 +35,7 @@ class ResidualBlock(nn.Module):
         self.res_scale = res_scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, C, h, w)`` -> same shape."""
         return x + self.res_scale * self.conv2(self.act(self.conv1(x)))
 
 
@@ -75,6 +76,7 @@ class SRResNet(nn.Module):
         self.receptive_radius = receptive_radius(scale, blocks)
 
     def forward(self, lr: torch.Tensor) -> torch.Tensor:
+        """``(N, 3, h, w)`` float32 RGB in [0, 1] -> ``(N, 3, h*scale, w*scale)`` float32, unclamped."""
         features = self.head(lr)
         features = features + self.body_tail(self.body(features))
         residual = self.tail(self.upsample(features))

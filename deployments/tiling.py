@@ -59,16 +59,20 @@ class TilePlan:
 
     @property
     def padded_height(self) -> int:
+        """Height after edge padding to at least one tile, pixels."""
         return max(self.height, self.tile_size)
 
     @property
     def padded_width(self) -> int:
+        """Width after edge padding to at least one tile, pixels."""
         return max(self.width, self.tile_size)
 
     def rows(self) -> list[int]:
+        """Tile start offsets along the height, pixels."""
         return axis_starts(self.padded_height, self.tile_size, self.overlap)
 
     def cols(self) -> list[int]:
+        """Tile start offsets along the width, pixels."""
         return axis_starts(self.padded_width, self.tile_size, self.overlap)
 
     def __len__(self) -> int:

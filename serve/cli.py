@@ -94,6 +94,7 @@ def status(address: str = typer.Option("auto", help="Ray cluster address")) -> N
 
 
 def main() -> None:
+    """Entry point of the ``pixelfleet`` console script."""
     app()
 
 

@@ -102,6 +102,7 @@ class PatchSampler:
         return np.rot90(lr, turns), np.rot90(hr, turns)
 
     def sample(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """``n`` random (LR, HR) patch pairs; shapes and dtypes in the class docstring."""
         lrs, hrs = zip(*(self._one() for _ in range(n)))
         to_nchw = lambda batch: np.ascontiguousarray(np.stack(batch).transpose(0, 3, 1, 2), dtype=np.float32) / 255.0
         return to_nchw(lrs), to_nchw(hrs)
