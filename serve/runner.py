@@ -82,6 +82,7 @@ def run_local(config: Path, host: str | None, port: int | None, dashboard: bool,
     try:
         with console.status(f"starting Ray and deploying {', '.join(names)} from {config}"):
             url = start_local(schema, dashboard, timeout_s)
+        signal.signal(signal.SIGTERM, _raise_interrupt)  # again: ray.init installs its own handler
         console.print(f"[bold green]pixelfleet is serving at {url}[/] (ready in {time.monotonic() - started:.1f} s; OpenAPI at {url}/docs)")
         for name in names:
             _print_models(name)
