@@ -20,7 +20,7 @@ from ray import serve
 
 from deployments.runtime import replica_threads
 from deployments.srnet import load_model, to_uint8
-from deployments.tiling import split_tiles, stitch_tiles
+from deployments.tiling import crop_canvas, new_canvas, paste_tile, split_tiles
 from serve.errors import InvalidInput
 
 logger = logging.getLogger("ray.serve")
@@ -86,7 +86,7 @@ class SuperResolution:
         if device == "cuda" and not torch.cuda.is_available():
             logger.warning("variant %s: CUDA is not available, falling back to CPU", variant)
             device, precision = "cpu", ("float32" if precision == "float16" else precision)
-        self.variant, self.tile_size, self.overlap = variant, tile_size, overlap
+        self.variant, self.tile_size, self.overlap, self.max_batch_size = variant, tile_size, overlap, max_batch_size
         self.device, self.precision = torch.device(device), precision
         self.folder = Path(weights)
         self.model, self.card = load_model(self.folder, device)
@@ -124,9 +124,16 @@ class SuperResolution:
         """
         rgb, alpha, is_gray = split_channels(image)
         tiles, plan = split_tiles(rgb, self.tile_size, self.overlap)
-        outputs = await asyncio.gather(*(self._infer_tiles(tile) for tile in tiles))
-        upscaled = stitch_tiles(np.stack(outputs), plan, self.scale)
-        return merge_channels(upscaled, alpha, is_gray)
+        canvas = new_canvas(plan, self.scale, channels=3)
+        # A window of tiles in flight at a time: enough to fill batches (with other requests'
+        # tiles too), while the upscaled tiles held at once stay bounded whatever the image size.
+        window = 4 * self.max_batch_size
+        for start in range(0, len(tiles), window):
+            indices = range(start, min(start + window, len(tiles)))
+            outputs = await asyncio.gather(*(self._infer_tiles(tiles[i]) for i in indices))
+            for index, output in zip(indices, outputs):
+                paste_tile(canvas, output, index, plan, self.scale)
+        return merge_channels(crop_canvas(canvas, plan, self.scale), alpha, is_gray)
 
     def info(self) -> dict:
         """What ``GET /v1/models`` shows for this variant."""

@@ -11,6 +11,7 @@ Images smaller than a tile are padded by edge replication and the padding is cro
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -67,16 +68,28 @@ class TilePlan:
         """Width after edge padding to at least one tile, pixels."""
         return max(self.width, self.tile_size)
 
+    @cached_property
     def rows(self) -> list[int]:
         """Tile start offsets along the height, pixels."""
         return axis_starts(self.padded_height, self.tile_size, self.overlap)
 
+    @cached_property
     def cols(self) -> list[int]:
         """Tile start offsets along the width, pixels."""
         return axis_starts(self.padded_width, self.tile_size, self.overlap)
 
+    @cached_property
+    def row_cuts(self) -> list[tuple[int, int]]:
+        """The rows (``[begin, end)``, pixels) that each tile row contributes."""
+        return axis_cuts(self.rows, self.tile_size, self.padded_height)
+
+    @cached_property
+    def col_cuts(self) -> list[tuple[int, int]]:
+        """The columns (``[begin, end)``, pixels) that each tile column contributes."""
+        return axis_cuts(self.cols, self.tile_size, self.padded_width)
+
     def __len__(self) -> int:
-        return len(self.rows()) * len(self.cols())
+        return len(self.rows) * len(self.cols)
 
 
 def split_tiles(image: np.ndarray, tile_size: int, overlap: int) -> tuple[np.ndarray, TilePlan]:
@@ -88,8 +101,31 @@ def split_tiles(image: np.ndarray, tile_size: int, overlap: int) -> tuple[np.nda
     height, width = image.shape[:2]
     plan = TilePlan(height, width, tile_size, overlap)
     padded = np.pad(image, ((0, plan.padded_height - height), (0, plan.padded_width - width), (0, 0)), mode="edge")
-    tiles = [padded[y : y + tile_size, x : x + tile_size] for y in plan.rows() for x in plan.cols()]
+    tiles = [padded[y : y + tile_size, x : x + tile_size] for y in plan.rows for x in plan.cols]
     return np.ascontiguousarray(np.stack(tiles).transpose(0, 3, 1, 2)), plan
+
+
+def new_canvas(plan: TilePlan, scale: int, channels: int, dtype: np.dtype = np.uint8) -> np.ndarray:
+    """An empty ``(padded_height*scale, padded_width*scale, channels)`` output for :func:`paste_tile`."""
+    return np.empty((plan.padded_height * scale, plan.padded_width * scale, channels), dtype=dtype)
+
+
+def paste_tile(canvas: np.ndarray, tile: np.ndarray, index: int, plan: TilePlan, scale: int) -> None:
+    """Write the part of upscaled tile ``index`` (``(C, t*scale, t*scale)``) that it owns.
+
+    Tiles may be pasted in any order and as they arrive, so a caller holds only the canvas and
+    the tiles in flight, never every upscaled tile at once.
+    """
+    row, col = divmod(index, len(plan.cols))
+    y, (y0, y1) = plan.rows[row], plan.row_cuts[row]
+    x, (x0, x1) = plan.cols[col], plan.col_cuts[col]
+    part = tile[:, (y0 - y) * scale : (y1 - y) * scale, (x0 - x) * scale : (x1 - x) * scale]
+    canvas[y0 * scale : y1 * scale, x0 * scale : x1 * scale] = part.transpose(1, 2, 0)
+
+
+def crop_canvas(canvas: np.ndarray, plan: TilePlan, scale: int) -> np.ndarray:
+    """The image's own ``(height*scale, width*scale, C)`` part of a canvas (padding dropped)."""
+    return canvas[: plan.height * scale, : plan.width * scale]
 
 
 def stitch_tiles(tiles: np.ndarray, plan: TilePlan, scale: int) -> np.ndarray:
@@ -101,12 +137,7 @@ def stitch_tiles(tiles: np.ndarray, plan: TilePlan, scale: int) -> np.ndarray:
     side = plan.tile_size * scale
     if tiles.shape[0] != len(plan) or tiles.shape[2:] != (side, side):
         raise ValueError(f"expected {len(plan)} tiles of {side}x{side}, got {tiles.shape}")
-    rows, cols = plan.rows(), plan.cols()
-    row_cuts = axis_cuts(rows, plan.tile_size, plan.padded_height)
-    col_cuts = axis_cuts(cols, plan.tile_size, plan.padded_width)
-    out = np.empty((plan.padded_height * scale, plan.padded_width * scale, tiles.shape[1]), dtype=tiles.dtype)
-    for i, (y, (y0, y1)) in enumerate(zip(rows, row_cuts)):
-        for j, (x, (x0, x1)) in enumerate(zip(cols, col_cuts)):
-            tile = tiles[i * len(cols) + j].transpose(1, 2, 0)
-            out[y0 * scale : y1 * scale, x0 * scale : x1 * scale] = tile[(y0 - y) * scale : (y1 - y) * scale, (x0 - x) * scale : (x1 - x) * scale]
-    return out[: plan.height * scale, : plan.width * scale]
+    canvas = new_canvas(plan, scale, tiles.shape[1], tiles.dtype)
+    for index, tile in enumerate(tiles):
+        paste_tile(canvas, tile, index, plan, scale)
+    return crop_canvas(canvas, plan, scale)
