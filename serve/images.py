@@ -16,9 +16,13 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from serve.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
 
 #: Formats accepted as input (Pillow's format names).
-INPUT_FORMATS = ("PNG", "JPEG", "WEBP", "TIFF", "BMP", "GIF")
+INPUT_FORMATS = ("PNG", "JPEG", "WEBP", "TIFF", "AVIF", "BMP", "GIF")
 #: Output formats by the name used in the API, with their media types.
-OUTPUT_MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+OUTPUT_MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp", "tiff": "image/tiff", "avif": "image/avif"}
+#: Modes a format cannot store, and what to store instead (JPEG has no alpha, AVIF no gray).
+_STORABLE_MODE = {"jpeg": {"LA": "L", "RGBA": "RGB"}, "avif": {"L": "RGB", "LA": "RGBA"}}
+#: Encoder options per output format: lossy formats at high quality.
+_SAVE_OPTIONS = {"jpeg": {"quality": 95}, "webp": {"quality": 95}, "avif": {"quality": 90}, "tiff": {"compression": "tiff_deflate"}}
 
 
 def decode_image(data: bytes, max_pixels: int) -> Image.Image:
@@ -51,6 +55,18 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
         raise InvalidInput(f"the image is truncated or corrupt: {err}") from None
 
 
+def image_metadata(image: Image.Image) -> dict[str, bytes]:
+    """What an output should carry over from its input: EXIF (orientation already applied by
+    :func:`decode_image`, so the tag is gone) and the ICC colour profile, as Pillow save options."""
+    metadata = {}
+    exif = image.getexif()
+    if exif:
+        metadata["exif"] = exif.tobytes()
+    if image.info.get("icc_profile"):
+        metadata["icc_profile"] = image.info["icc_profile"]
+    return metadata
+
+
 def to_array(image: Image.Image) -> np.ndarray:
     """Pixels as ``(H, W, C)`` uint8 with C = 1 (gray), 2 (gray + alpha), 3 (RGB) or 4 (RGBA).
 
@@ -74,10 +90,11 @@ def to_rgb(array: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(color)
 
 
-def encode_image(array: np.ndarray, fmt: str) -> bytes:
-    """Encode ``(H, W, C)`` uint8 (C in 1..4) as ``fmt`` (png, jpeg, webp).
+def encode_image(array: np.ndarray, fmt: str, metadata: dict[str, bytes] | None = None) -> bytes:
+    """Encode ``(H, W, C)`` uint8 (C in 1..4) as ``fmt`` (a key of :data:`OUTPUT_MEDIA_TYPES`).
 
-    JPEG has no alpha: the alpha channel is dropped.
+    ``metadata`` (from :func:`image_metadata`: EXIF, ICC profile) is written into the file.
+    JPEG has no alpha (dropped); AVIF has no gray (stored as RGB).
 
     Raises:
         UnsupportedMediaType: ``fmt`` is not a key of :data:`OUTPUT_MEDIA_TYPES`.
@@ -85,8 +102,7 @@ def encode_image(array: np.ndarray, fmt: str) -> bytes:
     if fmt not in OUTPUT_MEDIA_TYPES:
         raise UnsupportedMediaType(f"output format {fmt!r} is not supported; use one of {', '.join(OUTPUT_MEDIA_TYPES)}")
     image = Image.fromarray(array[..., 0] if array.shape[2] == 1 else array)
-    if fmt == "jpeg" and image.mode in ("LA", "RGBA"):
-        image = image.convert(image.mode[:-1])
+    image = image.convert(_STORABLE_MODE.get(fmt, {}).get(image.mode, image.mode))
     buffer = io.BytesIO()
-    image.save(buffer, format=fmt.upper(), **({"quality": 95} if fmt in ("jpeg", "webp") else {}))
+    image.save(buffer, format=fmt.upper(), **_SAVE_OPTIONS.get(fmt, {}), **(metadata or {}))
     return buffer.getvalue()

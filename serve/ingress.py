@@ -20,7 +20,7 @@ from ray.serve.handle import DeploymentHandle
 
 from serve.config import AppConfig
 from serve.errors import PixelfleetError, Unprocessable
-from serve.images import OUTPUT_MEDIA_TYPES, decode_image, encode_image, to_array, to_rgb
+from serve.images import OUTPUT_MEDIA_TYPES, decode_image, encode_image, image_metadata, to_array, to_rgb
 from serve.routing import pick_ocr_variant, pick_superres_variant
 from serve.uploads import IMAGE_FIELD, read_upload
 
@@ -42,7 +42,7 @@ class SuperResParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     scale: int | None = Field(None, ge=2, le=8, description="scale factor; default: the default variant's")
-    format: Literal["png", "jpeg", "webp"] = Field("png", description="output image format")
+    format: Literal["png", "jpeg", "webp", "tiff", "avif"] = Field("png", description="output image format; EXIF and ICC profile are carried over")
     model: str | None = Field(None, description="variant id from GET /v1/models; default: the family's default")
 
 
@@ -62,7 +62,7 @@ def _image_body(description: str) -> dict:
         "requestBody": {
             "required": True,
             "description": description,
-            "content": {"image/png": binary, "image/jpeg": binary, "image/webp": binary, "multipart/form-data": form},
+            "content": {"image/png": binary, "image/jpeg": binary, "image/webp": binary, "image/tiff": binary, "image/avif": binary, "multipart/form-data": form},
         }
     }
 
@@ -117,7 +117,7 @@ class Ingress:
     # ---- Python API (also reached by handle: serve.get_app_handle("pixelfleet")) ----
 
     async def upscale(self, image: bytes, scale: int | None = None, format: str = "png", model: str | None = None) -> bytes:
-        """Upscale an encoded image (PNG, JPEG, WebP, TIFF, BMP, GIF) and return it encoded as ``format``.
+        """Upscale an encoded image (PNG, JPEG, WebP, TIFF, AVIF, BMP, GIF); return it encoded as ``format``.
 
         Raises the :mod:`serve.errors` of the HTTP route (e.g. :class:`Unprocessable` for a scale
         no variant serves).
@@ -165,18 +165,21 @@ class Ingress:
             self._superres_scales = {name: info["scale"] for name, info in zip(self.superres_handles, infos)}
         return self._superres_scales
 
-    def _decode(self, data: bytes) -> np.ndarray:
-        return to_array(decode_image(data, self.config.limits.max_pixels))
+    def _decode(self, data: bytes) -> tuple[np.ndarray, dict[str, bytes]]:
+        """Pixels and the metadata (EXIF, ICC) to carry to an output image."""
+        image = decode_image(data, self.config.limits.max_pixels)
+        return to_array(image), image_metadata(image)
 
     async def _upscale(self, data: bytes, params: SuperResParams) -> tuple[bytes, str]:
         variant = pick_superres_variant(await self._scales(), self.config.superres.default, params.scale, params.model)
-        array = await asyncio.to_thread(self._decode, data)  # codecs off the event loop
+        array, metadata = await asyncio.to_thread(self._decode, data)  # codecs off the event loop
         upscaled = await self.superres_handles[variant].upscale.remote(array)
-        return await asyncio.to_thread(encode_image, upscaled, params.format), variant
+        return await asyncio.to_thread(encode_image, upscaled, params.format, metadata), variant
 
     async def _ocr(self, data: bytes, params: OCRParams) -> tuple[dict, str]:
         variant = pick_ocr_variant(list(self.ocr_handles), self.config.ocr.default, params.model)
-        rgb = to_rgb(await asyncio.to_thread(self._decode, data))
+        array, _ = await asyncio.to_thread(self._decode, data)
+        rgb = to_rgb(array)
         return await self.ocr_handles[variant].recognize.remote(rgb), variant
 
     # ---- HTTP routes ----

@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageCms, ImageDraw, ImageFont
 
 from serve.errors import Unprocessable, UnknownModel
 from tests.conftest import dataset, synthetic_photo
@@ -103,10 +103,27 @@ def test_superres_multipart_with_form_fields(client):
     assert open_image(response.content).size == (192, 128)
 
 
-@pytest.mark.parametrize("fmt", ["webp", "jpeg"])
+@pytest.mark.parametrize("fmt", ["webp", "jpeg", "tiff", "avif"])
 def test_superres_output_formats(client, fmt):
     response = upscale(client, png_bytes(synthetic_photo(16, 16)), format=fmt)
+    assert response.headers["content-type"] == f"image/{fmt}"
     assert open_image(response.content).format == fmt.upper()
+
+
+def test_superres_applies_exif_orientation_and_keeps_metadata(client):
+    """A JPEG stored sideways with EXIF orientation 6: the output is upright, EXIF and ICC kept."""
+    stored = Image.fromarray(synthetic_photo(20, 30))  # 30 wide, 20 high as stored
+    exif = stored.getexif()
+    exif[0x0112] = 6  # display rotated 90 degrees clockwise
+    exif[0x010F] = "pixelfleet-camera"
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    buffer = io.BytesIO()
+    stored.save(buffer, format="JPEG", exif=exif, icc_profile=icc)
+    response = client.post("/v1/superres", content=buffer.getvalue(), headers={"Content-Type": "image/jpeg"})
+    output = open_image(response.content)
+    assert output.size == (80, 120)  # upright: 20 wide, 30 high, x4
+    assert output.getexif().get(0x010F) == "pixelfleet-camera" and 0x0112 not in output.getexif()
+    assert output.info.get("icc_profile") == icc
 
 
 def test_concurrent_requests_all_succeed(client):

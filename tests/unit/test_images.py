@@ -6,10 +6,10 @@ import io
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageCms
 
 from serve.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
-from serve.images import decode_image, encode_image, to_array, to_rgb
+from serve.images import decode_image, encode_image, image_metadata, to_array, to_rgb
 
 
 def encoded(image: Image.Image, fmt: str, **kwargs) -> bytes:
@@ -18,7 +18,7 @@ def encoded(image: Image.Image, fmt: str, **kwargs) -> bytes:
     return buffer.getvalue()
 
 
-@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP", "TIFF", "BMP"])
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP", "TIFF", "AVIF", "BMP", "GIF"])
 def test_decodes_supported_formats(fmt):
     image = decode_image(encoded(Image.new("RGB", (20, 10), (10, 200, 30)), fmt), max_pixels=10_000)
     assert image.size == (20, 10)
@@ -75,12 +75,31 @@ def test_to_rgb_composites_alpha_on_white():
     np.testing.assert_array_equal(to_rgb(rgba), np.full((2, 2, 3), 255, np.uint8))
 
 
-@pytest.mark.parametrize("fmt", ["png", "jpeg", "webp"])
-@pytest.mark.parametrize("channels", [1, 3, 4])
+@pytest.mark.parametrize("fmt", ["png", "jpeg", "webp", "tiff", "avif"])
+@pytest.mark.parametrize("channels", [1, 2, 3, 4])
 def test_encode_roundtrip(fmt, channels):
     array = np.full((8, 8, channels), 128, np.uint8)
     image = Image.open(io.BytesIO(encode_image(array, fmt)))
     assert image.format == fmt.upper() and image.size == (8, 8)
+    has_alpha = "A" in image.getbands()
+    assert has_alpha == (channels in (2, 4) and fmt != "jpeg")
+
+
+@pytest.mark.parametrize("fmt", ["png", "jpeg", "webp", "tiff", "avif"])
+def test_exif_and_icc_profile_are_carried_over(fmt):
+    source = Image.new("RGB", (16, 8))
+    exif = source.getexif()
+    exif[0x010F] = "pixelfleet-camera"  # Make
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    decoded = decode_image(encoded(source, "JPEG", exif=exif, icc_profile=icc), max_pixels=10_000)
+    metadata = image_metadata(decoded)
+    output = Image.open(io.BytesIO(encode_image(np.zeros((32, 64, 3), np.uint8), fmt, metadata)))
+    assert output.getexif().get(0x010F) == "pixelfleet-camera"
+    assert output.info.get("icc_profile") == icc
+
+
+def test_no_metadata_when_the_input_has_none():
+    assert image_metadata(decode_image(encoded(Image.new("RGB", (4, 4)), "PNG"), max_pixels=100)) == {}
 
 
 def test_encode_rejects_unknown_format():
