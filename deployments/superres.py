@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ from PIL import Image
 from ray import serve
 
 from deployments.runtime import replica_threads
+from deployments.sr_onnx import OnnxSR, onnx_file
 from deployments.srnet import load_model, to_uint8
 from deployments.tiling import crop_canvas, new_canvas, paste_tile, split_tiles
 from serve.errors import InvalidInput
@@ -59,14 +61,100 @@ def merge_channels(rgb: np.ndarray, alpha: np.ndarray | None, is_gray: bool) -> 
     return np.concatenate(planes, axis=2)
 
 
+class Upscaler:
+    """One model folder ready to run on batches of tiles, by the configured backend (no Ray).
+
+    Args: ``folder`` (``model.json`` + ``model.safetensors``), ``backend`` torch|onnx,
+    ``quantize`` none|int8 (onnx), ``device`` cpu|cuda (cuda falls back to CPU with a warning
+    where none is present, and float16 then becomes float32), ``precision`` of autocast
+    (torch), ``num_threads`` for torch and ONNX Runtime.
+    """
+
+    def __init__(
+        self,
+        folder: Path,
+        backend: str = "torch",
+        quantize: str = "none",
+        device: str = "cpu",
+        precision: str = "float32",
+        num_threads: int = 1,
+    ) -> None:
+        torch.set_num_threads(num_threads)
+        if device == "cuda" and not torch.cuda.is_available():
+            logger.warning("%s: CUDA is not available, falling back to CPU", folder)
+            device, precision = "cpu", ("float32" if precision == "float16" else precision)
+        self.folder, self.backend, self.quantize = folder, backend, quantize
+        self.device, self.precision = torch.device(device), precision
+        self.model, self.card = load_model(folder, device)
+        self.scale = self.card.scale
+        self.onnx = OnnxSR(onnx_file(folder, quantize), device, num_threads) if backend == "onnx" else None
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.precision == "float32":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=_DTYPES[self.precision])
+
+    @torch.inference_mode()
+    def forward(self, tiles: np.ndarray) -> np.ndarray:
+        """``(N, 3, t, t)`` float32 in [0, 1] -> ``(N, t*s, t*s, 3)`` uint8."""
+        if self.onnx is not None:
+            return to_uint8(torch.from_numpy(self.onnx(tiles)))
+        with self._autocast():
+            output = self.model(torch.from_numpy(tiles).to(self.device))
+        return to_uint8(output)
+
+    def info(self) -> dict:
+        """Card and runtime settings, for ``GET /v1/models``."""
+        return {
+            "scale": self.scale,
+            "architecture": self.card.architecture.model_dump(),
+            "weights": str(self.folder),
+            "metrics": self.card.metrics.model_dump() if self.card.metrics else None,
+            "training": self.card.training.model_dump() if self.card.training else None,
+            "backend": self.backend,
+            "quantize": self.quantize,
+            "providers": self.onnx.providers if self.onnx is not None else None,
+            "device": self.device.type,
+            "precision": self.precision,
+        }
+
+
+async def upscale_tiled(
+    image: np.ndarray,
+    scale: int,
+    tile_size: int,
+    overlap: int,
+    infer_tile: Callable[[np.ndarray], Awaitable[np.ndarray]],
+    window: int,
+) -> np.ndarray:
+    """Upscale ``(H, W, C)`` uint8 (C in 1..4) to ``(H*scale, W*scale, C)`` uint8, tile by tile.
+
+    ``infer_tile`` maps one ``(3, t, t)`` uint8 tile to ``(3, t*scale, t*scale)`` uint8 (in the
+    deployment, the ``@serve.batch`` method). At most ``window`` tiles are in flight at a time:
+    enough to fill batches, while memory stays bounded whatever the image size.
+
+    Raises:
+        InvalidInput: not a uint8 image array.
+    """
+    rgb, alpha, is_gray = split_channels(image)
+    tiles, plan = split_tiles(rgb, tile_size, overlap)
+    canvas = new_canvas(plan, scale, channels=3)
+    for start in range(0, len(tiles), window):
+        indices = range(start, min(start + window, len(tiles)))
+        outputs = await asyncio.gather(*(infer_tile(tiles[i]) for i in indices))
+        for index, output in zip(indices, outputs):
+            paste_tile(canvas, output, index, plan, scale)
+    return merge_channels(crop_canvas(canvas, plan, scale), alpha, is_gray)
+
+
 @serve.deployment(max_ongoing_requests=16, max_queued_requests=64)
 class SuperResolution:
-    """Upscales images with one model folder (``model.json`` + ``model.safetensors``).
+    """One super-resolution variant: an :class:`Upscaler`, its tiles batched with ``@serve.batch``.
 
     Args (from the app config's variant, ``serve/config.py``): ``variant`` name, ``weights``
     folder, ``tile_size`` and ``overlap`` in LR pixels, ``max_batch_size`` tiles per forward
-    pass, ``batch_wait_timeout_s`` seconds, ``device`` cpu|cuda, ``precision`` of autocast,
-    ``num_threads`` for torch.
+    pass, ``batch_wait_timeout_s`` seconds, ``num_threads`` (default: the replica's CPUs), and
+    the :class:`Upscaler` options ``backend``, ``quantize``, ``device``, ``precision``.
     """
 
     def __init__(
@@ -77,43 +165,23 @@ class SuperResolution:
         overlap: int = 32,
         max_batch_size: int = 16,
         batch_wait_timeout_s: float = 0.01,
-        device: str = "cpu",
-        precision: str = "float32",
         num_threads: int | None = None,
+        **upscaler_options: str,
     ) -> None:
         started = time.monotonic()
-        torch.set_num_threads(replica_threads(num_threads))
-        if device == "cuda" and not torch.cuda.is_available():
-            logger.warning("variant %s: CUDA is not available, falling back to CPU", variant)
-            device, precision = "cpu", ("float32" if precision == "float16" else precision)
         self.variant, self.tile_size, self.overlap, self.max_batch_size = variant, tile_size, overlap, max_batch_size
-        self.device, self.precision = torch.device(device), precision
-        self.folder = Path(weights)
-        self.model, self.card = load_model(self.folder, device)
-        self.scale = self.card.scale
+        self.upscaler = Upscaler(Path(weights), num_threads=replica_threads(num_threads), **upscaler_options)
         self._infer_tiles.set_max_batch_size(max_batch_size)
         self._infer_tiles.set_batch_wait_timeout_s(batch_wait_timeout_s)
-        self._forward(np.zeros((1, 3, tile_size, tile_size), dtype=np.float32))  # warm-up
+        self.upscaler.forward(np.zeros((1, 3, tile_size, tile_size), dtype=np.float32))  # warm-up
         self.load_seconds = time.monotonic() - started
-        logger.info("variant %s: x%d loaded from %s in %.1f s", variant, self.scale, self.folder, self.load_seconds)
-
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.precision == "float32":
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=_DTYPES[self.precision])
-
-    @torch.inference_mode()
-    def _forward(self, tiles: np.ndarray) -> np.ndarray:
-        """``(N, 3, t, t)`` float32 in [0, 1] -> ``(N, t*s, t*s, 3)`` uint8."""
-        with self._autocast():
-            output = self.model(torch.from_numpy(tiles).to(self.device))
-        return to_uint8(output)
+        logger.info("variant %s: x%d loaded from %s in %.1f s", variant, self.upscaler.scale, weights, self.load_seconds)
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
     async def _infer_tiles(self, tiles: list[np.ndarray]) -> list[np.ndarray]:
         """Batched: each item ``(3, t, t)`` uint8 -> ``(3, t*s, t*s)`` uint8."""
         batch = np.stack(tiles).astype(np.float32) / 255.0
-        output = await asyncio.to_thread(self._forward, batch)
+        output = await asyncio.to_thread(self.upscaler.forward, batch)
         return list(output.transpose(0, 3, 1, 2))
 
     async def upscale(self, image: np.ndarray) -> np.ndarray:
@@ -122,32 +190,16 @@ class SuperResolution:
         Raises:
             InvalidInput: not a uint8 image array.
         """
-        rgb, alpha, is_gray = split_channels(image)
-        tiles, plan = split_tiles(rgb, self.tile_size, self.overlap)
-        canvas = new_canvas(plan, self.scale, channels=3)
-        # A window of tiles in flight at a time: enough to fill batches (with other requests'
-        # tiles too), while the upscaled tiles held at once stay bounded whatever the image size.
-        window = 4 * self.max_batch_size
-        for start in range(0, len(tiles), window):
-            indices = range(start, min(start + window, len(tiles)))
-            outputs = await asyncio.gather(*(self._infer_tiles(tiles[i]) for i in indices))
-            for index, output in zip(indices, outputs):
-                paste_tile(canvas, output, index, plan, self.scale)
-        return merge_channels(crop_canvas(canvas, plan, self.scale), alpha, is_gray)
+        return await upscale_tiled(image, self.upscaler.scale, self.tile_size, self.overlap, self._infer_tiles, 4 * self.max_batch_size)
 
     def info(self) -> dict:
         """What ``GET /v1/models`` shows for this variant."""
         return {
             "variant": self.variant,
-            "scale": self.scale,
-            "architecture": self.card.architecture.model_dump(),
-            "weights": str(self.folder),
-            "metrics": self.card.metrics.model_dump() if self.card.metrics else None,
-            "training": self.card.training.model_dump() if self.card.training else None,
+            **self.upscaler.info(),
             "tile_size": self.tile_size,
             "overlap": self.overlap,
-            "device": self.device.type,
-            "precision": self.precision,
+            "max_batch_size": self.max_batch_size,
             "load_seconds": round(self.load_seconds, 2),
         }
 

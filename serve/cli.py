@@ -15,6 +15,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 app = typer.Typer(help="pixelfleet: image models on Ray Serve, fine-tuned on Ray Train.", no_args_is_help=True)
 train_app = typer.Typer(help="Train models on Ray Train.", no_args_is_help=True)
 app.add_typer(train_app, name="train")
+export_app = typer.Typer(help="Export models for other runtimes.", no_args_is_help=True)
+app.add_typer(export_app, name="export")
 
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "local.yaml"
@@ -69,6 +71,19 @@ def train_srgan(
     )
     card = run(cfg, _command_line())
     typer.echo(card.model_dump_json(indent=2))
+
+
+@export_app.command("onnx")
+def export_onnx_command(
+    model: Path = typer.Option(..., help="super-resolution model folder (model.json + model.safetensors)"),
+    output: Optional[Path] = typer.Option(None, help="folder for the .onnx files; default: the model folder"),
+    int8: bool = typer.Option(False, help="also write model.int8.onnx (dynamic int8 quantization)"),
+) -> None:
+    """Export a super-resolution model to ONNX for the onnx backend (``backend: onnx``)."""
+    from deployments.sr_onnx import export_onnx
+
+    for quantize, path in export_onnx(model, output, int8=int8).items():
+        typer.echo(f"{quantize}: {path} ({path.stat().st_size} bytes)")
 
 
 @app.command()

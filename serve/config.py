@@ -36,6 +36,8 @@ class SuperResVariant(_Strict):
     overlap: int = Field(32, ge=0, description="overlap of adjacent tiles, LR pixels")
     max_batch_size: int = Field(16, ge=1, description="tiles per forward pass (@serve.batch)")
     batch_wait_timeout_s: float = Field(0.01, ge=0, description="how long a batch waits to fill, seconds")
+    backend: Literal["torch", "onnx"] = Field("torch", description="PyTorch, or ONNX Runtime on an exported model")
+    quantize: Literal["none", "int8"] = Field("none", description="int8 dynamic quantization (onnx backend only)")
     device: Literal["cpu", "cuda"] = "cpu"
     precision: Literal["float32", "bfloat16", "float16"] = Field("float32", description="autocast dtype; float32 is exact and portable")
     num_threads: int | None = Field(None, ge=1, description="torch threads; default: the replica's CPUs")
@@ -44,6 +46,10 @@ class SuperResVariant(_Strict):
     def _check(self) -> "SuperResVariant":
         if self.overlap >= self.tile_size:
             raise ValueError(f"overlap {self.overlap} must be smaller than tile_size {self.tile_size}")
+        if self.quantize != "none" and self.backend != "onnx":
+            raise ValueError("quantize needs backend onnx")
+        if self.precision != "float32" and self.backend != "torch":
+            raise ValueError("precision applies to the torch backend; the onnx backend runs the exported float32 model")
         if self.precision == "float16" and self.device != "cuda":
             raise ValueError("precision float16 needs device cuda; use bfloat16 or float32 on CPU")
         return self

@@ -6,6 +6,7 @@ config's HTTP options, and submits the config; then it waits until the applicati
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from pathlib import Path
@@ -64,6 +65,9 @@ def start_local(schema: ServeDeploySchema, dashboard: bool = False, timeout_s: f
 
     Returns the HTTP base URL. Raises what :func:`wait_until_running` raises.
     """
+    # Serve gives its HTTP proxy 5 s to report ready; a loaded 2-core laptop can take longer,
+    # and the proxy is then killed and restarted in a loop. Local Ray inherits this environment.
+    os.environ.setdefault("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "30")
     if not ray.is_initialized():
         ray.init(include_dashboard=dashboard, namespace=SERVE_NAMESPACE, log_to_driver=True)
     client = serve_api.serve_start(http_options=schema.http_options.model_dump(), proxy_location=schema.proxy_location)

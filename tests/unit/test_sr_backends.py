@@ -1,0 +1,93 @@
+"""Super-resolution backends agree: PyTorch fp32 (reference), bf16 autocast, ONNX Runtime fp32
+and int8, through the serving path's Upscaler and tiling (without Ray).
+
+Stated tolerances, from measurements on the shipped model (bench/superres_backends.py):
+ONNX Runtime fp32 is within 1/255 of PyTorch fp32 on every pixel; bf16 autocast stays above
+45 dB PSNR against it (measured 55.7 dB), int8 dynamic quantization above 40 dB (measured 44.5).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+import pytest
+from skimage.metrics import peak_signal_noise_ratio
+
+import deployments.sr_onnx as sr_onnx
+from deployments.superres import Upscaler, upscale_tiled
+from serve.config import BUILTIN_WEIGHTS
+from tests.conftest import synthetic_photo
+
+WEIGHTS = BUILTIN_WEIGHTS / "srresnet-x4"
+IMAGE = synthetic_photo(70, 90)
+
+
+@pytest.fixture(scope="module")
+def onnx_dir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("onnx")
+    paths = sr_onnx.export_onnx(WEIGHTS, folder, int8=True)
+    assert set(paths) == {"none", "int8"} and all(p.stat().st_size > 100_000 for p in paths.values())
+    return folder
+
+
+def run(upscaler: Upscaler) -> np.ndarray:
+    """The deployment's path with a batch of one tile at a time in place of @serve.batch."""
+
+    async def infer_tile(tile: np.ndarray) -> np.ndarray:
+        return upscaler.forward(tile[None].astype(np.float32) / 255.0)[0].transpose(2, 0, 1)
+
+    return asyncio.run(upscale_tiled(IMAGE, upscaler.scale, 64, 16, infer_tile, window=8))
+
+
+def upscale_with(**options) -> np.ndarray:
+    return run(Upscaler(WEIGHTS, num_threads=2, **options))
+
+
+@pytest.fixture(scope="module")
+def reference() -> np.ndarray:
+    return upscale_with()
+
+
+def test_reference_shape(reference):
+    assert reference.shape == (280, 360, 3) and reference.dtype == np.uint8
+
+
+def test_onnx_fp32_matches_torch(monkeypatch, onnx_dir, reference):
+    monkeypatch.setattr(sr_onnx, "CACHE_DIR", onnx_dir.parent / "cache")
+    # the model folder has no .onnx: the replica exports into the cache, then runs it
+    output = upscale_with(backend="onnx")
+    assert np.abs(output.astype(int) - reference.astype(int)).max() <= 1
+    assert list((onnx_dir.parent / "cache" / "onnx").glob("*/model.onnx"))
+
+
+def test_onnx_int8_stays_close(monkeypatch, onnx_dir, reference):
+    monkeypatch.setattr(sr_onnx, "CACHE_DIR", onnx_dir.parent / "cache")
+    output = upscale_with(backend="onnx", quantize="int8")
+    assert peak_signal_noise_ratio(reference, output, data_range=255) > 40
+
+
+def test_bf16_autocast_stays_close(reference):
+    output = upscale_with(precision="bfloat16")
+    assert peak_signal_noise_ratio(reference, output, data_range=255) > 45
+
+
+def test_cuda_request_falls_back_to_cpu_without_a_gpu(reference):
+    """The GPU path is chosen by config; where no GPU is present the replica runs on CPU."""
+    upscaler = Upscaler(WEIGHTS, num_threads=2, device="cuda", precision="float16")
+    if upscaler.device.type == "cuda":
+        pytest.skip("a GPU is present: the fallback is not exercised")
+    assert upscaler.precision == "float32"
+    np.testing.assert_array_equal(run(upscaler), reference)
+
+
+def test_export_onnx_command(tmp_path):
+    from typer.testing import CliRunner
+
+    from serve.cli import app
+
+    result = CliRunner().invoke(app, ["export", "onnx", "--model", str(WEIGHTS), "--output", str(tmp_path), "--int8"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "model.onnx").is_file() and (tmp_path / "model.int8.onnx").is_file()
+    assert "int8:" in result.output
