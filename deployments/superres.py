@@ -103,6 +103,14 @@ class Upscaler:
             output = self.model(torch.from_numpy(tiles).to(self.device))
         return to_uint8(output)
 
+    def upscale(self, image: np.ndarray, tile_size: int = 64, overlap: int = 16) -> np.ndarray:
+        """Upscale ``(H, W, C)`` uint8 through the serving path's tiles, one tile a pass, without Ray."""
+
+        async def infer_tile(tile: np.ndarray) -> np.ndarray:
+            return self.forward(tile[None].astype(np.float32) / 255.0)[0].transpose(2, 0, 1)
+
+        return asyncio.run(upscale_tiled(image, self.scale, tile_size, overlap, infer_tile, window=1))
+
     def info(self) -> dict:
         """Card and runtime settings, for ``GET /v1/models``."""
         return {

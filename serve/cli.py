@@ -17,6 +17,10 @@ train_app = typer.Typer(help="Train models on Ray Train.", no_args_is_help=True)
 app.add_typer(train_app, name="train")
 export_app = typer.Typer(help="Export models for other runtimes.", no_args_is_help=True)
 app.add_typer(export_app, name="export")
+eval_app = typer.Typer(help="Evaluate models on a data set.", no_args_is_help=True)
+app.add_typer(eval_app, name="eval")
+models_app = typer.Typer(help="Model folders that configs can name.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
 
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "local.yaml"
@@ -71,6 +75,66 @@ def train_srgan(
     )
     card = run(cfg, _command_line())
     typer.echo(card.model_dump_json(indent=2))
+
+
+@eval_app.command("superres")
+def eval_superres(
+    model: Path = typer.Option(..., help="super-resolution model folder"),
+    data: Path = typer.Option(..., help="folder of HR images; LR inputs are their bicubic downscales"),
+    scale: Optional[int] = typer.Option(None, help="scale factor; must be the model's (default)"),
+    compare: Optional[Path] = typer.Option(None, help="write LR | bicubic | model | HR images into this folder"),
+    tile_size: int = typer.Option(64, help="LR tile side, pixels (the serving path)"),
+    overlap: int = typer.Option(16, help="tile overlap, LR pixels"),
+) -> None:
+    """PSNR/SSIM on Y (border = scale px cropped) of a model and of bicubic, per image and mean."""
+    from rich.table import Table
+
+    from deployments.superres import Upscaler
+    from serve.runner import console
+    from train.sr_data import list_images, load_pairs
+    from train.srgan.evaluate import evaluate_images, mean_row, write_comparisons
+
+    upscaler = Upscaler(model, num_threads=os.cpu_count() or 1)
+    if scale is not None and scale != upscaler.scale:
+        raise typer.BadParameter(f"the model upscales x{upscaler.scale}, not x{scale}", param_hint="--scale")
+    paths = list_images([data])
+    pairs = load_pairs(paths, upscaler.scale)
+    upscale = lambda lr: upscaler.upscale(lr, tile_size, overlap)  # noqa: E731
+    rows = evaluate_images(upscale, pairs, upscaler.scale)
+    table = Table(title=f"{upscaler.card.name} x{upscaler.scale} on {data} (Y, border {upscaler.scale} px)")
+    for column in ("image", "PSNR-Y dB", "bicubic", "gain", "SSIM-Y", "bicubic"):
+        table.add_column(column, justify="left" if column == "image" else "right")
+    for name, row in [*zip((p.name for p in paths), rows), ("mean", mean_row(rows))]:
+        gain = row["psnr_y"] - row["bicubic_psnr_y"]
+        table.add_row(name, f"{row['psnr_y']:.3f}", f"{row['bicubic_psnr_y']:.3f}", f"{gain:+.3f}", f"{row['ssim_y']:.4f}", f"{row['bicubic_ssim_y']:.4f}")
+    console.print(table)
+    if compare is not None:
+        write_comparisons(upscale, pairs, [p.stem for p in paths], upscaler.scale, compare)
+        console.print(f"comparisons written to {compare}")
+
+
+@models_app.command("list")
+def models_list(
+    folder: list[Path] = typer.Option([], "--folder", help="more folders to scan for model folders (repeatable)"),
+) -> None:
+    """Model folders (model.json + weights): the built-in ones and those below --folder."""
+    from pydantic import ValidationError
+
+    from deployments.modelcard import ModelCard
+    from serve.config import BUILTIN_PREFIX, BUILTIN_WEIGHTS
+    from serve.runner import console
+
+    for root in [BUILTIN_WEIGHTS, *folder]:
+        for card_path in sorted(root.rglob("model.json")):
+            try:
+                card = ModelCard.model_validate_json(card_path.read_text())
+            except ValidationError as err:
+                console.print(f"{card_path.parent}: [red]not a model card[/] ({err.error_count()} errors)")
+                continue
+            ref = f"{BUILTIN_PREFIX}{card_path.parent.name}" if root == BUILTIN_WEIGHTS else str(card_path.parent)
+            metrics = card.metrics
+            figures = f"PSNR-Y {metrics.psnr_y:.2f} dB (bicubic {metrics.bicubic_psnr_y:.2f}) on {metrics.dataset}" if metrics else "no metrics"
+            console.print(f"{ref}: {card.family} x{card.scale} {card.architecture.type}, {figures}")
 
 
 @export_app.command("onnx")

@@ -8,7 +8,6 @@ ONNX Runtime fp32 is within 1/255 of PyTorch fp32 on every pixel; bf16 autocast 
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +15,7 @@ import pytest
 from skimage.metrics import peak_signal_noise_ratio
 
 import deployments.sr_onnx as sr_onnx
-from deployments.superres import Upscaler, upscale_tiled
+from deployments.superres import Upscaler
 from serve.config import BUILTIN_WEIGHTS
 from tests.conftest import synthetic_photo
 
@@ -34,11 +33,7 @@ def onnx_dir(tmp_path_factory) -> Path:
 
 def run(upscaler: Upscaler) -> np.ndarray:
     """The deployment's path with a batch of one tile at a time in place of @serve.batch."""
-
-    async def infer_tile(tile: np.ndarray) -> np.ndarray:
-        return upscaler.forward(tile[None].astype(np.float32) / 255.0)[0].transpose(2, 0, 1)
-
-    return asyncio.run(upscale_tiled(IMAGE, upscaler.scale, 64, 16, infer_tile, window=8))
+    return upscaler.upscale(IMAGE, tile_size=64, overlap=16)
 
 
 def upscale_with(**options) -> np.ndarray:

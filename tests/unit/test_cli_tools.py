@@ -1,0 +1,43 @@
+"""`pixelfleet eval superres` and `pixelfleet models list` (no Ray needed)."""
+
+from __future__ import annotations
+
+from PIL import Image
+from typer.testing import CliRunner
+
+from serve.cli import app
+from serve.config import BUILTIN_WEIGHTS
+from tests.conftest import synthetic_photo
+
+runner = CliRunner()
+
+
+def test_eval_superres_prints_model_and_bicubic_and_writes_comparisons(tmp_path):
+    data = tmp_path / "hr"
+    data.mkdir()
+    for i in range(2):
+        Image.fromarray(synthetic_photo(64, 80, seed=i)).save(data / f"img{i}.png")
+    compare = tmp_path / "compare"
+    result = runner.invoke(app, ["eval", "superres", "--model", str(BUILTIN_WEIGHTS / "srresnet-x4"), "--data", str(data), "--compare", str(compare)])
+    assert result.exit_code == 0, result.output
+    assert "img0.png" in result.output and "img1.png" in result.output and "mean" in result.output
+    side = Image.open(compare / "img0.png")
+    assert side.size == (4 * 80, 64)  # LR | bicubic | model | HR, each 80x64
+
+
+def test_eval_superres_refuses_a_scale_the_model_does_not_have(tmp_path):
+    result = runner.invoke(app, ["eval", "superres", "--model", str(BUILTIN_WEIGHTS / "srresnet-x4"), "--data", str(tmp_path), "--scale", "2"])
+    assert result.exit_code != 0 and "x4" in result.output
+
+
+def test_models_list_shows_builtin_and_extra_folders(tmp_path):
+    extra = tmp_path / "runs" / "mine"
+    extra.mkdir(parents=True)
+    (extra / "model.json").write_text((BUILTIN_WEIGHTS / "srresnet-x4" / "model.json").read_text())
+    (tmp_path / "runs" / "broken").mkdir()
+    (tmp_path / "runs" / "broken" / "model.json").write_text("{}")
+    result = runner.invoke(app, ["models", "list", "--folder", str(tmp_path / "runs")])
+    assert result.exit_code == 0, result.output
+    assert "builtin:srresnet-x4: superres x4 SRResNet, PSNR-Y 26.62 dB" in result.output
+    assert f"{extra}: superres x4" in result.output
+    assert "not a model card" in result.output
