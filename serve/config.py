@@ -26,6 +26,7 @@ class Limits(_Strict):
 
     max_body_bytes: int = Field(32 * 1024 * 1024, gt=0, description="request body, bytes")
     max_pixels: int = Field(16_000_000, gt=0, description="decoded image width x height, pixels")
+    max_output_pixels: int = Field(64_000_000, gt=0, description="super-resolution output width x height, pixels")
 
 
 class SuperResVariant(_Strict):

@@ -7,6 +7,7 @@ hierarchy become JSON bodies ``{"error": {"code", "message"}}`` with their statu
 
 import asyncio
 import logging
+import math
 from typing import Any, Literal
 
 import numpy as np
@@ -19,9 +20,9 @@ from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
 from serve.config import AppConfig
-from serve.errors import PixelfleetError, Unprocessable
+from serve.errors import PayloadTooLarge, PixelfleetError, Unprocessable
 from serve.images import OUTPUT_MEDIA_TYPES, decode_image, encode_image, image_metadata, to_array, to_rgb
-from serve.routing import pick_ocr_variant, pick_superres_variant
+from serve.routing import pick_ocr_variant, superres_chain
 from serve.uploads import IMAGE_FIELD, read_upload
 
 logger = logging.getLogger("ray.serve")
@@ -41,7 +42,7 @@ class SuperResParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    scale: int | None = Field(None, ge=2, le=8, description="scale factor; default: the default variant's")
+    scale: int | None = Field(None, ge=2, le=8, description="scale factor; default: the default variant's. A scale no single variant has is served by chaining variants (e.g. 8 = 2 x 4)")
     format: Literal["png", "jpeg", "webp", "tiff", "avif"] = Field("png", description="output image format; EXIF and ICC profile are carried over")
     model: str | None = Field(None, description="variant id from GET /v1/models; default: the family's default")
 
@@ -171,10 +172,16 @@ class Ingress:
         return to_array(image), image_metadata(image)
 
     async def _upscale(self, data: bytes, params: SuperResParams) -> tuple[bytes, str]:
-        variant = pick_superres_variant(await self._scales(), self.config.superres.default, params.scale, params.model)
+        scales = await self._scales()
+        chain = superres_chain(scales, self.config.superres.default, params.scale, params.model)
         array, metadata = await asyncio.to_thread(self._decode, data)  # codecs off the event loop
-        upscaled = await self.superres_handles[variant].upscale.remote(array)
-        return await asyncio.to_thread(encode_image, upscaled, params.format, metadata), variant
+        total = math.prod(scales[variant] for variant in chain)
+        output_pixels = array.shape[0] * array.shape[1] * total * total
+        if output_pixels > self.config.limits.max_output_pixels:
+            raise PayloadTooLarge(f"the x{total} output would have {output_pixels} pixels; the limit is {self.config.limits.max_output_pixels}")
+        for variant in chain:  # progressive upscaling when no single variant has the scale
+            array = await self.superres_handles[variant].upscale.remote(array)
+        return await asyncio.to_thread(encode_image, array, params.format, metadata), "+".join(chain)
 
     async def _ocr(self, data: bytes, params: OCRParams) -> tuple[dict, str]:
         variant = pick_ocr_variant(list(self.ocr_handles), self.config.ocr.default, params.model)

@@ -21,6 +21,7 @@ from serve.runner import load_serve_config, start_local
 APP_NAME = "pixelfleet"
 MAX_BODY_BYTES = 2 * 1024 * 1024
 MAX_PIXELS = 4_000_000
+MAX_OUTPUT_PIXELS = 1_000_000
 
 
 def _free_port() -> int:
@@ -35,7 +36,7 @@ def app_url() -> Iterator[str]:
     from ray import serve
 
     schema = load_serve_config(DEFAULT_CONFIG, host="127.0.0.1", port=_free_port())
-    schema.applications[0].args["limits"] = {"max_body_bytes": MAX_BODY_BYTES, "max_pixels": MAX_PIXELS}
+    schema.applications[0].args["limits"] = {"max_body_bytes": MAX_BODY_BYTES, "max_pixels": MAX_PIXELS, "max_output_pixels": MAX_OUTPUT_PIXELS}
     try:
         yield start_local(schema, timeout_s=600)
     finally:

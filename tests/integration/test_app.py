@@ -212,6 +212,11 @@ def test_bad_input_is_a_json_4xx(client, data, content_type, status, code):
     assert_json_error(client.post("/v1/superres", content=data, headers={"Content-Type": content_type}), status, code)
 
 
+def test_output_over_the_pixel_limit_is_413(client):
+    """300x300 is a small input, but its x4 output (1.44 MP) is over the test config's 1 MP."""
+    assert_json_error(upscale(client, png_bytes(synthetic_photo(300, 300))), 413, "payload_too_large")
+
+
 def test_truncated_png_is_400(client):
     data = png_bytes(synthetic_photo(64, 64))
     assert_json_error(upscale(client, data[: len(data) // 2]), 400, "invalid_input")
@@ -219,7 +224,9 @@ def test_truncated_png_is_400(client):
 
 def test_bad_parameters_are_4xx(client):
     data = png_bytes(synthetic_photo(8, 8))
-    assert_json_error(upscale(client, data, scale=3), 422, "unprocessable")
+    response = upscale(client, data, scale=3)
+    assert_json_error(response, 422, "unprocessable")
+    assert "scales served" in response.json()["error"]["message"]
     assert_json_error(upscale(client, data, scale="four"), 422, "unprocessable")
     assert_json_error(upscale(client, data, format="gif"), 422, "unprocessable")
     assert_json_error(upscale(client, data, model="../../weights"), 404, "unknown_model")
