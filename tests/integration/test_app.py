@@ -36,7 +36,7 @@ def test_health_and_readiness(client):
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz")
     assert ready.status_code == 200
-    assert ready.json()["variants"] == {"superres/srresnet-x4": True, "ocr/rapidocr": True, "ocr/tesseract": True}
+    assert ready.json()["variants"] == {"superres/srresnet-x4": True, "superres/srresnet-x2": True, "ocr/rapidocr": True, "ocr/tesseract": True}
 
 
 def test_models_lists_families_variants_and_cards(client):
@@ -46,6 +46,7 @@ def test_models_lists_families_variants_and_cards(client):
     card = superres["variants"]["srresnet-x4"]
     assert card["scale"] == 4 and card["weights"].endswith("srresnet-x4")
     assert card["metrics"]["psnr_y"] > card["metrics"]["bicubic_psnr_y"]
+    assert families["superres"]["variants"]["srresnet-x2"]["scale"] == 2
     assert set(families["ocr"]["variants"]) == {"rapidocr", "tesseract"}
     assert families["ocr"]["variants"]["tesseract"]["engine"] == "tesseract"
 
@@ -60,17 +61,28 @@ def test_openapi_documents_the_routes(client):
 # ---- super-resolution ----
 
 
-def test_superres_beats_bicubic_on_a_real_photo(client):
+@pytest.mark.parametrize("scale,variant", [(4, "srresnet-x4"), (2, "srresnet-x2")])
+def test_superres_beats_bicubic_on_a_real_photo(client, scale, variant):
     folder = dataset("sr", "val", "bsd200")
-    hr = crop_to_multiple(load_rgb(sorted(folder.glob("*.png"))[0]), 4)
-    lr = make_lr(hr, 4)
-    response = upscale(client, png_bytes(lr), scale=4)
+    hr = crop_to_multiple(load_rgb(sorted(folder.glob("*.png"))[0]), scale)
+    lr = make_lr(hr, scale)
+    response = upscale(client, png_bytes(lr), scale=scale)
     assert response.status_code == 200, response.text
     assert response.headers["content-type"] == "image/png"
-    assert response.headers["x-pixelfleet-variant"] == "superres/srresnet-x4"
+    assert response.headers["x-pixelfleet-variant"] == f"superres/{variant}"
     sr = np.asarray(open_image(response.content))
     assert sr.shape == hr.shape
-    assert psnr_y(sr, hr, 4) > psnr_y(bicubic_upscale(lr, 4), hr, 4) + 0.3
+    assert psnr_y(sr, hr, scale) > psnr_y(bicubic_upscale(lr, scale), hr, scale) + 0.3
+
+
+def test_superres_x8_chains_x2_then_x4(client):
+    lr = synthetic_photo(24, 30)
+    response = upscale(client, png_bytes(lr), scale=8)
+    assert response.status_code == 200, response.text
+    assert response.headers["x-pixelfleet-variant"] == "superres/srresnet-x2+srresnet-x4"
+    sr = np.asarray(open_image(response.content))
+    assert sr.shape == (192, 240, 3)
+    assert psnr_y(sr, bicubic_upscale(lr, 8), 8) > 25  # the same picture, 8x larger
 
 
 def test_superres_tiles_a_larger_image(client):
@@ -226,7 +238,7 @@ def test_bad_parameters_are_4xx(client):
     data = png_bytes(synthetic_photo(8, 8))
     response = upscale(client, data, scale=3)
     assert_json_error(response, 422, "unprocessable")
-    assert "scales served" in response.json()["error"]["message"]
+    assert response.json()["error"]["message"].endswith("scales served: 2, 4, 8")
     assert_json_error(upscale(client, data, scale="four"), 422, "unprocessable")
     assert_json_error(upscale(client, data, format="gif"), 422, "unprocessable")
     assert_json_error(upscale(client, data, model="../../weights"), 404, "unknown_model")
