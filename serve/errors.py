@@ -51,8 +51,3 @@ class Unprocessable(PixelfleetError):
 
     status, code = 422, "unprocessable"
 
-
-class NotReady(PixelfleetError):
-    """Models are still loading."""
-
-    status, code = 503, "not_ready"
