@@ -9,10 +9,12 @@ from __future__ import annotations
 
 
 class PixelfleetError(Exception):
-    """Base class: ``status`` is the HTTP status code, ``code`` a stable machine-readable name."""
+    """Base class: ``status`` is the HTTP status code, ``code`` a stable machine-readable name,
+    ``headers`` extra HTTP response headers."""
 
     status: int = 500
     code: str = "internal_error"
+    headers: dict[str, str] = {}
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -51,3 +53,9 @@ class Unprocessable(PixelfleetError):
 
     status, code = 422, "unprocessable"
 
+
+class Overloaded(PixelfleetError):
+    """A model's queue is full (``max_queued_requests``); the client should retry shortly."""
+
+    status, code = 503, "overloaded"
+    headers = {"Retry-After": "1"}

@@ -17,10 +17,10 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ray import serve
 from ray.serve.exceptions import BackPressureError
-from ray.serve.handle import DeploymentHandle
+from ray.serve.handle import DeploymentHandle, DeploymentResponse
 
 from serve.config import AppConfig
-from serve.errors import PayloadTooLarge, PixelfleetError, Unprocessable
+from serve.errors import Overloaded, PayloadTooLarge, PixelfleetError, Unprocessable
 from serve.images import OUTPUT_MEDIA_TYPES, decode_image, encode_image, image_metadata, to_array, to_rgb
 from serve.routing import pick_ocr_variant, superres_chain
 from serve.uploads import IMAGE_FIELD, read_upload
@@ -83,7 +83,7 @@ def _params(model: type[BaseModel], values: dict[str, Any]) -> Any:
 
 def error_response(err: PixelfleetError) -> JSONResponse:
     """The one mapping from an error of :mod:`serve.errors` to an HTTP response."""
-    return JSONResponse({"error": {"code": err.code, "message": err.message}}, status_code=err.status)
+    return JSONResponse({"error": {"code": err.code, "message": err.message}}, status_code=err.status, headers=err.headers)
 
 
 @api.exception_handler(PixelfleetError)
@@ -98,10 +98,16 @@ async def _validation_error(request: Request, err: RequestValidationError) -> JS
     return error_response(Unprocessable(message))
 
 
-@api.exception_handler(BackPressureError)
-async def _overloaded(request: Request, err: BackPressureError) -> JSONResponse:
-    body = {"error": {"code": "overloaded", "message": "the model is at capacity; retry later"}}
-    return JSONResponse(body, status_code=503, headers={"Retry-After": "1"})
+async def _call(response: DeploymentResponse) -> Any:
+    """Await a family deployment's answer; a full queue there becomes :class:`Overloaded`.
+
+    (Ray Serve installs its own plain-text handler for ``BackPressureError`` on the ingress's
+    FastAPI app, so the conversion happens here, where the JSON error format is kept.)
+    """
+    try:
+        return await response
+    except BackPressureError:
+        raise Overloaded("the model is at capacity; retry shortly") from None
 
 
 @serve.deployment(max_ongoing_requests=64, max_queued_requests=256)
@@ -137,7 +143,7 @@ class Ingress:
         families = {"superres": (self.config.superres.default, self.superres_handles), "ocr": (self.config.ocr.default, self.ocr_handles)}
         listing = {}
         for family, (default, handles) in families.items():
-            infos = await asyncio.gather(*(handle.info.remote() for handle in handles.values()))
+            infos = await asyncio.gather(*(_call(handle.info.remote()) for handle in handles.values()))
             listing[family] = {"default": default, "variants": dict(zip(handles, infos))}
         return {"families": listing}
 
@@ -162,7 +168,7 @@ class Ingress:
 
     async def _scales(self) -> dict[str, int]:
         if self._superres_scales is None:
-            infos = await asyncio.gather(*(h.info.remote() for h in self.superres_handles.values()))
+            infos = await asyncio.gather(*(_call(h.info.remote()) for h in self.superres_handles.values()))
             self._superres_scales = {name: info["scale"] for name, info in zip(self.superres_handles, infos)}
         return self._superres_scales
 
@@ -180,14 +186,14 @@ class Ingress:
         if output_pixels > self.config.limits.max_output_pixels:
             raise PayloadTooLarge(f"the x{total} output would have {output_pixels} pixels; the limit is {self.config.limits.max_output_pixels}")
         for variant in chain:  # progressive upscaling when no single variant has the scale
-            array = await self.superres_handles[variant].upscale.remote(array)
+            array = await _call(self.superres_handles[variant].upscale.remote(array))
         return await asyncio.to_thread(encode_image, array, params.format, metadata), "+".join(chain)
 
     async def _ocr(self, data: bytes, params: OCRParams) -> tuple[dict, str]:
         variant = pick_ocr_variant(list(self.ocr_handles), self.config.ocr.default, params.model)
         array, _ = await asyncio.to_thread(self._decode, data)
         rgb = to_rgb(array)
-        return await self.ocr_handles[variant].recognize.remote(rgb), variant
+        return await _call(self.ocr_handles[variant].recognize.remote(rgb)), variant
 
     # ---- HTTP routes ----
 
