@@ -17,6 +17,11 @@ class SRArchitecture(BaseModel):
     channels: int = Field(48, ge=8, le=256)
     blocks: int = Field(8, ge=1, le=64)
     res_scale: float = Field(1.0, gt=0, le=1)
+    upsampler: Literal["progressive", "single"] = Field(
+        "progressive",
+        description="progressive: a conv + x2 pixel shuffle per octave, at growing resolution (SRGAN); "
+        "single: one conv to 3*scale^2 channels at LR resolution + one pixel shuffle (ESPCN), several times cheaper",
+    )
 
 
 class SRMetrics(BaseModel):

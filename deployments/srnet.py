@@ -52,6 +52,11 @@ def _upsampler(channels: int, scale: int) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+def _single_upsampler(channels: int, scale: int) -> nn.Sequential:
+    """ESPCN's tail (Shi et al. 2016): one conv at LR resolution to ``3 * scale**2`` channels, one shuffle."""
+    return nn.Sequential(nn.Conv2d(channels, 3 * scale * scale, 3, padding=1), nn.PixelShuffle(scale))
+
+
 class SRResNet(nn.Module):
     """SRResNet generator.
 
@@ -60,20 +65,27 @@ class SRResNet(nn.Module):
         channels: feature channels of the trunk.
         blocks: number of residual blocks.
         res_scale: residual scaling inside each block (EDSR uses 0.1 for wide nets).
+        upsampler: ``progressive`` (SRGAN: conv + x2 pixel shuffle per octave, then a conv to RGB
+            at full resolution) or ``single`` (ESPCN: one conv to ``3 * scale**2`` channels at LR
+            resolution and one pixel shuffle; most of the compute stays at LR resolution).
 
     Input ``(N, 3, h, w)`` float32 RGB in [0, 1]; output ``(N, 3, h*scale, w*scale)`` float32,
     not clamped (callers clamp to [0, 1] before quantising).
     """
 
-    def __init__(self, scale: int = 4, channels: int = 48, blocks: int = 8, res_scale: float = 1.0) -> None:
+    def __init__(
+        self, scale: int = 4, channels: int = 48, blocks: int = 8, res_scale: float = 1.0, upsampler: str = "progressive"
+    ) -> None:
         super().__init__()
         self.scale = scale
         self.head = nn.Conv2d(3, channels, 3, padding=1)
         self.body = nn.Sequential(*[ResidualBlock(channels, res_scale) for _ in range(blocks)])
         self.body_tail = nn.Conv2d(channels, channels, 3, padding=1)
-        self.upsample = _upsampler(channels, scale)
-        self.tail = nn.Conv2d(channels, 3, 3, padding=1)
-        self.receptive_radius = receptive_radius(scale, blocks)
+        if upsampler == "single":
+            self.upsample, self.tail = _single_upsampler(channels, scale), nn.Identity()
+        else:
+            self.upsample, self.tail = _upsampler(channels, scale), nn.Conv2d(channels, 3, 3, padding=1)
+        self.receptive_radius = receptive_radius(scale, blocks, upsampler)
 
     def forward(self, lr: torch.Tensor) -> torch.Tensor:
         """``(N, 3, h, w)`` float32 RGB in [0, 1] -> ``(N, 3, h*scale, w*scale)`` float32, unclamped."""
@@ -84,12 +96,14 @@ class SRResNet(nn.Module):
         return base + residual
 
 
-def receptive_radius(scale: int, blocks: int) -> int:
+def receptive_radius(scale: int, blocks: int, upsampler: str = "progressive") -> int:
     """How far (in LR pixels) an output pixel can see: 3x3 convs at LR, plus the upsampler's.
 
     Tiles whose overlap is at least twice this radius give the same output as the whole image.
     """
     lr_convs = 1 + 2 * blocks + 1  # head, blocks, body tail
+    if upsampler == "single":
+        return max(lr_convs + 1, 2)  # plus the one upsampling conv at LR resolution
     up_stages = 1 if scale == 3 else int(math.log2(scale))
     upsampler = sum(1 / (2**i) for i in range(up_stages))  # one conv before each pixel shuffle
     tail = 1 / scale
@@ -99,7 +113,7 @@ def receptive_radius(scale: int, blocks: int) -> int:
 
 def build_model(arch: SRArchitecture) -> SRResNet:
     """An untrained network of the architecture that a model card describes."""
-    return SRResNet(scale=arch.scale, channels=arch.channels, blocks=arch.blocks, res_scale=arch.res_scale)
+    return SRResNet(arch.scale, arch.channels, arch.blocks, arch.res_scale, arch.upsampler)
 
 
 def save_model(model: nn.Module, card: ModelCard, folder: Path) -> None:

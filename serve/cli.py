@@ -40,6 +40,7 @@ def train_srgan(
     scale: int = typer.Option(4, help="scale factor"),
     channels: int = typer.Option(48),
     blocks: int = typer.Option(8),
+    upsampler: str = typer.Option("progressive", help="progressive (SRGAN) or single (ESPCN tail, faster)"),
     steps: int = typer.Option(6000),
     batch_size: int = typer.Option(32, help="patches per step across all workers"),
     hr_patch: int = typer.Option(96, help="HR patch side in pixels"),
@@ -58,7 +59,7 @@ def train_srgan(
 
     cfg = SRTrainConfig(
         name=name,
-        architecture=SRArchitecture(scale=scale, channels=channels, blocks=blocks),
+        architecture=SRArchitecture(scale=scale, channels=channels, blocks=blocks, upsampler=upsampler),
         train_data=train_data,
         val_data=val_data,
         output=output,
