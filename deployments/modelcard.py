@@ -39,14 +39,21 @@ class SRMetrics(BaseModel):
 class TrainingRecord(BaseModel):
     """How the weights were produced, so that anyone can produce them again."""
 
-    command: str
+    command: str = Field(description="the exact command line, run from the project's root")
+    commit: str | None = Field(None, description="git commit of the code that trained")
+    phase: Literal["psnr", "gan"] = "psnr"
+    init_from: str | None = Field(None, description="model folder the generator started from")
     data: list[str]
-    steps: int
+    steps: int = Field(description="optimizer steps done (fewer than configured after early stopping)")
+    checkpoint_step: int | None = Field(None, description="the step these weights are from (psnr runs: best validation)")
     batch_size: int = Field(description="patches per step across all workers")
     hr_patch: int = Field(description="HR patch side in pixels")
     workers: int
     precision: str
-    wall_time_s: float
+    wall_time_s: float = Field(description="seconds from the command's start to the model folder (this invocation)")
+    train_seconds: float | None = Field(None, description="seconds in training steps, summed over resumed runs")
+    resumed: bool = False
+    stopped_early: bool = False
 
 
 class ModelCard(BaseModel):

@@ -31,50 +31,66 @@ def _command_line() -> str:
     return shlex.join(["pixelfleet", *sys.argv[1:]])
 
 
+# Named flags of `pixelfleet train srgan` and the config field each one overrides.
+TRAIN_FLAGS = {
+    "name": "name", "output": "output", "phase": "phase", "init_from": "init_from",
+    "train_data": "data.train", "val_data": "data.val", "hr_patch": "data.hr_patch",
+    "scale": "architecture.scale", "channels": "architecture.channels", "blocks": "architecture.blocks",
+    "upsampler": "architecture.upsampler", "steps": "optim.steps", "batch_size": "optim.batch_size",
+    "learning_rate": "optim.learning_rate", "num_workers": "scaling.num_workers", "use_gpu": "scaling.use_gpu",
+    "precision": "precision", "checkpoint_every": "checkpoint_every", "seed": "seed", "storage_path": "storage_path",
+}  # fmt: skip
+
+
 @train_app.command("srgan")
 def train_srgan(
-    output: Path = typer.Option(..., help="model folder to write"),
-    train_data: list[Path] = typer.Option(..., "--train-data", help="folder of HR training images (repeatable)"),
-    val_data: Path = typer.Option(..., help="folder of HR validation images"),
-    name: str = typer.Option("srresnet-x4", help="model name"),
-    scale: int = typer.Option(4, help="scale factor"),
-    channels: int = typer.Option(48),
-    blocks: int = typer.Option(8),
-    upsampler: str = typer.Option("progressive", help="progressive (SRGAN) or single (ESPCN tail, faster)"),
-    steps: int = typer.Option(6000),
-    batch_size: int = typer.Option(32, help="patches per step across all workers"),
-    hr_patch: int = typer.Option(96, help="HR patch side in pixels"),
-    learning_rate: float = typer.Option(1e-3),
-    num_workers: int = typer.Option(2, help="Ray Train workers (DDP)"),
-    use_gpu: bool = typer.Option(False),
-    bf16: bool = typer.Option(True, help="bf16 autocast for training steps"),
-    val_every: int = typer.Option(1000),
-    seed: int = typer.Option(0),
-    storage_path: Path = typer.Option(Path("runs"), help="Ray Train storage for checkpoints"),
+    config: Optional[Path] = typer.Argument(None, help="run config YAML (train/configs/*.yaml); flags override it"),
+    set_: list[str] = typer.Option([], "--set", help="override any field: --set data.patches_per_image=32 (repeatable)"),
+    resume: bool = typer.Option(False, help="continue the run <storage_path>/<name> from its latest checkpoint"),
+    output: Optional[Path] = typer.Option(None, help="model folder to write"),
+    train_data: Optional[list[Path]] = typer.Option(None, "--train-data", help="folder of HR training images (repeatable)"),
+    val_data: Optional[Path] = typer.Option(None, help="folder of HR validation images"),
+    name: Optional[str] = typer.Option(None, help="model and run name"),
+    phase: Optional[str] = typer.Option(None, help="psnr (pixel loss) or gan (needs --init-from)"),
+    init_from: Optional[Path] = typer.Option(None, help="model folder whose weights start the generator"),
+    scale: Optional[int] = typer.Option(None, help="scale factor"),
+    channels: Optional[int] = typer.Option(None),
+    blocks: Optional[int] = typer.Option(None),
+    upsampler: Optional[str] = typer.Option(None, help="progressive (SRGAN) or single (ESPCN tail, faster)"),
+    steps: Optional[int] = typer.Option(None),
+    batch_size: Optional[int] = typer.Option(None, help="patches per step across all workers"),
+    hr_patch: Optional[int] = typer.Option(None, help="HR patch side in pixels"),
+    learning_rate: Optional[float] = typer.Option(None),
+    num_workers: Optional[int] = typer.Option(None, help="Ray Train workers (DDP)"),
+    use_gpu: Optional[bool] = typer.Option(None, "--use-gpu/--no-use-gpu"),
+    precision: Optional[str] = typer.Option(None, help="auto, fp32, bf16 or fp16 (autocast of training steps)"),
+    checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", "--val-every", help="steps between validation + checkpoint"),
+    seed: Optional[int] = typer.Option(None),
+    storage_path: Optional[Path] = typer.Option(None, help="Ray Train storage; the run lives in STORAGE_PATH/NAME"),
 ) -> None:
-    """Train an SRResNet generator (L1) with Ray Train and write a servable model folder."""
-    from deployments.modelcard import SRArchitecture
-    from train.srgan.config import SRTrainConfig
-    from train.srgan.run import run
+    """Train an SRResNet (phase psnr) or SRGAN (phase gan) generator with Ray Train and write a servable model folder."""
+    from pydantic import ValidationError
 
-    cfg = SRTrainConfig(
-        name=name,
-        architecture=SRArchitecture(scale=scale, channels=channels, blocks=blocks, upsampler=upsampler),
-        train_data=train_data,
-        val_data=val_data,
-        output=output,
-        steps=steps,
-        batch_size=batch_size,
-        hr_patch=hr_patch,
-        learning_rate=learning_rate,
-        num_workers=num_workers,
-        use_gpu=use_gpu,
-        bf16=bf16,
-        val_every=val_every,
-        seed=seed,
-        storage_path=storage_path,
-    )
-    card = run(cfg, _command_line())
+    from train.srgan.config import load_config, parse_assignment
+    from train.srgan.run import RunStateError, run
+
+    given = dict(locals())
+    flags = {k: v for k, v in given.items() if k in TRAIN_FLAGS and v is not None}
+    overrides = {TRAIN_FLAGS[k]: (str(v) if isinstance(v, Path) else [str(p) for p in v] if isinstance(v, list) else v) for k, v in flags.items()}
+    try:
+        overrides.update(parse_assignment(text) for text in set_)
+        cfg = load_config(config, overrides)
+    except (ValueError, OSError) as err:  # pydantic's ValidationError is a ValueError
+        detail = str(err) if not isinstance(err, ValidationError) else "\n".join(
+            f"  {'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors()
+        )
+        typer.echo(f"invalid run config:\n{detail}", err=True)
+        raise typer.Exit(2) from None
+    try:
+        card = run(cfg, _command_line(), resume=resume)
+    except (RunStateError, FileNotFoundError) as err:
+        typer.echo(str(err), err=True)
+        raise typer.Exit(2) from None
     typer.echo(card.model_dump_json(indent=2))
 
 

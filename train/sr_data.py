@@ -9,9 +9,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
+
+if TYPE_CHECKING:
+    import ray.data
+    import torch
 
 IMAGE_SUFFIXES = {".png", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff", ".webp"}
 
@@ -72,37 +77,55 @@ def load_pairs(paths: list[Path], scale: int) -> list[PairedImage]:
     return pairs
 
 
-class PatchSampler:
-    """Draws random aligned (LR, HR) patch batches with flips and 90-degree rotations.
+def random_patch_pairs(hr_image: np.ndarray, scale: int, hr_patch: int, count: int, rng: np.random.Generator) -> list[dict[str, np.ndarray]]:
+    """Cut ``count`` random HR patches from one image and make each one's bicubic LR on the fly.
 
-    ``sample(n)`` returns ``lr`` of shape ``(n, 3, p/s, p/s)`` and ``hr`` of ``(n, 3, p, p)``,
-    float32 in [0, 1], where ``p`` is ``hr_patch`` pixels and ``s`` the scale factor. Images
-    smaller than the patch are skipped.
+    Each patch is flipped left-right with probability 1/2 and turned by a random multiple of 90
+    degrees (the augmentations of EDSR/SRGAN training). ``hr_image`` is ``(H, W, 3)`` uint8 RGB;
+    each result holds ``hr`` ``(p, p, 3)`` and ``lr`` ``(p/s, p/s, 3)``, uint8, with ``p`` =
+    ``hr_patch`` pixels and ``s`` the scale factor. An image smaller than the patch gives none.
+
+    Raises:
+        ValueError: ``hr_patch`` is not a multiple of ``scale``.
     """
+    if hr_patch % scale:
+        raise ValueError(f"hr_patch {hr_patch} is not a multiple of scale {scale}")
+    height, width = hr_image.shape[:2]
+    if min(height, width) < hr_patch:
+        return []
+    pairs = []
+    for _ in range(count):
+        y, x = int(rng.integers(height - hr_patch + 1)), int(rng.integers(width - hr_patch + 1))
+        hr = hr_image[y : y + hr_patch, x : x + hr_patch]
+        if rng.random() < 0.5:
+            hr = hr[:, ::-1]
+        hr = np.ascontiguousarray(np.rot90(hr, int(rng.integers(4))))
+        pairs.append({"hr": hr, "lr": make_lr(hr, scale)})
+    return pairs
 
-    def __init__(self, pairs: list[PairedImage], scale: int, hr_patch: int, seed: int) -> None:
-        if hr_patch % scale:
-            raise ValueError(f"hr_patch {hr_patch} is not a multiple of scale {scale}")
-        self.pairs = [p for p in pairs if min(p.hr.shape[:2]) >= hr_patch]
-        if not self.pairs:
-            raise ValueError(f"no training image is at least {hr_patch} pixels on each side")
-        self.scale, self.hr_patch, self.lr_patch = scale, hr_patch, hr_patch // scale
-        self.rng = np.random.default_rng(seed)
 
-    def _one(self) -> tuple[np.ndarray, np.ndarray]:
-        pair = self.pairs[self.rng.integers(len(self.pairs))]
-        y = self.rng.integers(pair.lr.shape[0] - self.lr_patch + 1)
-        x = self.rng.integers(pair.lr.shape[1] - self.lr_patch + 1)
-        lr = pair.lr[y : y + self.lr_patch, x : x + self.lr_patch]
-        s = self.scale
-        hr = pair.hr[y * s : y * s + self.hr_patch, x * s : x * s + self.hr_patch]
-        if self.rng.random() < 0.5:
-            lr, hr = lr[:, ::-1], hr[:, ::-1]
-        turns = int(self.rng.integers(4))
-        return np.rot90(lr, turns), np.rot90(hr, turns)
+def patch_dataset(folders: list[Path], scale: int, hr_patch: int, patches_per_image: int) -> "ray.data.Dataset":
+    """A Ray Data pipeline of random (LR, HR) patch pairs: ``patches_per_image`` from each image.
 
-    def sample(self, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """``n`` random (LR, HR) patch pairs; shapes and dtypes in the class docstring."""
-        lrs, hrs = zip(*(self._one() for _ in range(n)))
-        to_nchw = lambda batch: np.ascontiguousarray(np.stack(batch).transpose(0, 3, 1, 2), dtype=np.float32) / 255.0
-        return to_nchw(lrs), to_nchw(hrs)
+    The images are read and decoded once (``ray.data.read_images``, materialized in the object
+    store); the crops, flips, rotations and bicubic LR are drawn anew each time the dataset is
+    iterated, so every epoch sees fresh patches. Rows: ``{"lr": (p/s, p/s, 3) uint8, "hr": (p,
+    p, 3) uint8}``. Ray Train splits it among the workers (``get_dataset_shard("train")``).
+
+    Raises:
+        FileNotFoundError: a folder is missing or holds no image.
+    """
+    import ray.data
+
+    paths = [str(p) for p in list_images(folders)]
+    images = ray.data.read_images(paths, mode="RGB").materialize()
+
+    def cut(row: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
+        return random_patch_pairs(row["image"], scale, hr_patch, patches_per_image, np.random.default_rng())
+
+    return images.flat_map(cut, num_cpus=0.25)
+
+
+def to_nchw_float(batch: "torch.Tensor") -> "torch.Tensor":
+    """``(N, H, W, 3)`` uint8 -> ``(N, 3, H, W)`` float32 in [0, 1]."""
+    return batch.permute(0, 3, 1, 2).float().div_(255.0).contiguous()

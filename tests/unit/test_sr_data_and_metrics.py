@@ -8,7 +8,7 @@ from PIL import Image
 
 from tests.conftest import synthetic_photo
 from train.metrics import character_error_rate, levenshtein, psnr_y, rgb_to_y, ssim_y
-from train.sr_data import PairedImage, PatchSampler, crop_to_multiple, list_images, make_lr
+from train.sr_data import crop_to_multiple, list_images, make_lr, random_patch_pairs, to_nchw_float
 
 
 def test_crop_and_lr_sizes():
@@ -18,22 +18,45 @@ def test_crop_and_lr_sizes():
 
 
 def test_patches_are_aligned_lr_hr_pairs():
-    """Each LR patch is the bicubic downscale of its HR patch's region (up to resampling at the edges)."""
-    hr = crop_to_multiple(synthetic_photo(200, 240), 4)
-    sampler = PatchSampler([PairedImage(hr, make_lr(hr, 4))], scale=4, hr_patch=48, seed=1)
-    lr, hr_patches = sampler.sample(8)
-    assert lr.shape == (8, 3, 12, 12) and hr_patches.shape == (8, 3, 48, 48)
-    assert lr.dtype == np.float32 and 0 <= lr.min() and lr.max() <= 1
-    for small, big in zip(lr, hr_patches):
-        down = np.asarray(Image.fromarray((big.transpose(1, 2, 0) * 255).round().astype(np.uint8)).resize((12, 12), Image.Resampling.BICUBIC))
-        inner = np.abs(down[2:-2, 2:-2].astype(float) - small.transpose(1, 2, 0)[2:-2, 2:-2] * 255)
-        assert inner.mean() < 4
+    """Each LR patch is the bicubic downscale of its HR patch, and the HR patch comes from the image
+    (up to a flip and a quarter turn)."""
+    image = synthetic_photo(200, 240)
+    pairs = random_patch_pairs(image, scale=4, hr_patch=48, count=8, rng=np.random.default_rng(1))
+    assert len(pairs) == 8
+    for pair in pairs:
+        assert pair["hr"].shape == (48, 48, 3) and pair["lr"].shape == (12, 12, 3)
+        assert pair["hr"].dtype == np.uint8 and pair["lr"].dtype == np.uint8
+        np.testing.assert_array_equal(pair["lr"], make_lr(pair["hr"], 4))
+        views = [np.rot90(pair["hr"], -k) for k in range(4)]
+        views += [v[:, ::-1] for v in views]
+        assert any(_occurs_in(view, image) for view in views)
 
 
-def test_sampler_refuses_patch_not_multiple_of_scale():
-    hr = synthetic_photo(64, 64)
+def _occurs_in(patch: np.ndarray, image: np.ndarray) -> bool:
+    size = patch.shape[0]
+    for y in range(image.shape[0] - size + 1):
+        rows = np.nonzero((image[y, : image.shape[1] - size + 1] == patch[0, 0]).all(axis=1))[0]
+        if any(np.array_equal(image[y : y + size, x : x + size], patch) for x in rows):
+            return True
+    return False
+
+
+def test_patches_augment_and_skip_small_images():
+    image = synthetic_photo(64, 64)
+    pairs = random_patch_pairs(image, 2, 32, 40, np.random.default_rng(0))
+    assert len({pair["hr"].tobytes() for pair in pairs}) > 30  # random positions and turns
+    assert random_patch_pairs(synthetic_photo(20, 64), 2, 32, 4, np.random.default_rng(0)) == []
     with pytest.raises(ValueError):
-        PatchSampler([PairedImage(hr, make_lr(hr, 4))], scale=4, hr_patch=30, seed=0)
+        random_patch_pairs(image, 4, 30, 1, np.random.default_rng(0))
+
+
+def test_to_nchw_float():
+    import torch
+
+    batch = torch.from_numpy(np.stack([synthetic_photo(8, 6)] * 2))
+    out = to_nchw_float(batch)
+    assert out.shape == (2, 3, 8, 6) and out.dtype == torch.float32
+    assert torch.allclose(out[0, :, 3, 2] * 255, batch[0, 3, 2].float())
 
 
 def test_list_images_errors(tmp_path):

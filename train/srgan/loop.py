@@ -1,97 +1,223 @@
-"""The per-worker training loop of SRResNet on Ray Train (L1 pre-training phase).
+"""The per-worker training loop of SRResNet/SRGAN on Ray Train.
 
-Each worker draws its own random patches (seeded by rank); DDP averages the gradients. Rank 0
-validates every ``val_every`` steps and reports a checkpoint holding a complete model folder.
+Each worker reads its shard of the Ray Data patch pipeline (``get_dataset_shard("train")``);
+DDP averages the gradients. Every ``checkpoint_every`` steps rank 0 validates on whole images,
+and every worker reports: rank 0 attaches a checkpoint that is at once a servable model folder
+(``model.safetensors`` + ``model.json``) and the full training state (``train_state.pt``: step,
+generator, optimizer, scheduler, discriminator, gradient scaler, early stopping). A run started
+again with the same name and storage (``--resume``) continues from the latest checkpoint.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import ray.train
 import ray.train.torch
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from deployments.modelcard import ModelCard, SRMetrics
-from deployments.srnet import build_model, save_model
-from train.sr_data import PatchSampler, list_images, load_pairs
+from deployments.srnet import build_model, load_model, save_model
+from train.sr_data import list_images, load_pairs, to_nchw_float
 from train.srgan.config import SRTrainConfig
 from train.srgan.evaluate import evaluate_pairs
+from train.srgan.gan import Discriminator, VGGFeatureLoss
+from train.srgan.steps import EarlyStopper, GanParts, Precision, gan_step, psnr_step, resolve_precision
+
+TRAIN_STATE = "train_state.pt"
 
 
-def _autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager:
-    return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+def _set_threads(cfg: SRTrainConfig) -> None:
+    """Ray sets OMP_NUM_THREADS to the worker's whole CPUs (at least 1); torch follows it."""
+    threads = cfg.scaling.threads_per_worker or int(os.environ.get("OMP_NUM_THREADS", "1"))
+    torch.set_num_threads(max(1, threads))
 
 
-def _set_threads() -> None:
-    """Ray sets OMP_NUM_THREADS to the worker's CPUs; make torch follow it."""
-    torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
+def _initial_generator(cfg: SRTrainConfig) -> nn.Module:
+    if cfg.init_from is None:
+        return build_model(cfg.architecture)
+    model, card = load_model(cfg.init_from)
+    if card.architecture != cfg.architecture:
+        raise ValueError(f"init_from {cfg.init_from} is {card.architecture}, the config says {cfg.architecture}")
+    return model
 
 
-def _card(cfg: SRTrainConfig, metrics: dict[str, float], images: int) -> ModelCard:
-    return ModelCard(
-        name=cfg.name,
-        architecture=cfg.architecture,
-        metrics=SRMetrics(dataset=str(cfg.val_data), images=images, border=cfg.architecture.scale, **metrics),
-    )
+def _cosine(optimizer: torch.optim.Optimizer, cfg: SRTrainConfig) -> torch.optim.lr_scheduler.LRScheduler:
+    base = optimizer.param_groups[0]["lr"]
+    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.optim.steps, eta_min=base * cfg.optim.min_lr_ratio)
+
+
+def _batches(cfg: SRTrainConfig, per_worker: int) -> Iterator[dict[str, torch.Tensor]]:
+    """Endless batches from this worker's shard: epoch after epoch of fresh random patches."""
+    shard = ray.train.get_dataset_shard("train")
+    while True:
+        empty = True
+        for batch in shard.iter_torch_batches(batch_size=per_worker, drop_last=True, local_shuffle_buffer_size=cfg.data.shuffle_buffer or None):
+            empty = False
+            yield batch
+        if empty:
+            raise ValueError("an epoch gave no full batch: raise data.patches_per_image or add images at least data.hr_patch pixels wide")
+
+
+class _Run:
+    """One worker's models, optimizers and counters; saved to and restored from checkpoints."""
+
+    def __init__(self, cfg: SRTrainConfig) -> None:
+        self.cfg = cfg
+        self.device = ray.train.torch.get_device()
+        self.precision = Precision(resolve_precision(cfg.precision, self.device), self.device)
+        self.generator = ray.train.torch.prepare_model(_initial_generator(cfg))
+        self.plain_generator: nn.Module = getattr(self.generator, "module", self.generator)
+        self.optimizer = torch.optim.Adam(self.generator.parameters(), lr=cfg.optim.learning_rate)
+        self.scheduler = _cosine(self.optimizer, cfg)
+        self.gan: GanParts | None = None
+        self.d_scheduler = None
+        if cfg.phase == "gan":
+            discriminator = ray.train.torch.prepare_model(Discriminator(cfg.gan.discriminator_channels))
+            d_optimizer = torch.optim.Adam(discriminator.parameters(), lr=cfg.gan.discriminator_lr)
+            vgg = VGGFeatureLoss(cfg.gan.vgg19_weights, cfg.gan.vgg_layer).to(self.device) if cfg.gan.vgg19_weights else None
+            self.gan = GanParts(discriminator, d_optimizer, cfg.gan, vgg)
+            self.d_scheduler = _cosine(d_optimizer, cfg)
+        self.early = EarlyStopper(cfg.early_stopping.patience, cfg.early_stopping.min_delta)
+        self.step, self.train_seconds = 0, 0.0
+
+    def state_dict(self) -> dict:
+        state = {
+            "step": self.step,
+            "train_seconds": self.train_seconds,
+            "generator": self.plain_generator.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.precision.scaler.state_dict(),
+            "early_stopping": self.early.state_dict(),
+        }
+        if self.gan is not None:
+            state["discriminator"] = getattr(self.gan.discriminator, "module", self.gan.discriminator).state_dict()
+            state["d_optimizer"] = self.gan.optimizer.state_dict()
+            state["d_scheduler"] = self.d_scheduler.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step, self.train_seconds = int(state["step"]), float(state["train_seconds"])
+        self.plain_generator.load_state_dict(state["generator"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.precision.scaler.load_state_dict(state["scaler"])
+        self.early.load_state_dict(state["early_stopping"])
+        if self.gan is not None:
+            getattr(self.gan.discriminator, "module", self.gan.discriminator).load_state_dict(state["discriminator"])
+            self.gan.optimizer.load_state_dict(state["d_optimizer"])
+            self.d_scheduler.load_state_dict(state["d_scheduler"])
+
+    def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        lr, hr = to_nchw_float(batch["lr"]).to(self.device), to_nchw_float(batch["hr"]).to(self.device)
+        self.generator.train()
+        if self.gan is None:
+            losses = psnr_step(self.generator, self.optimizer, self.precision, self.cfg.optim.pixel_loss, lr, hr)
+        else:
+            losses = gan_step(self.generator, self.optimizer, self.gan, self.precision, self.cfg.optim.pixel_loss, lr, hr)
+            self.d_scheduler.step()
+        self.scheduler.step()
+        self.step += 1
+        return losses
+
+
+def _restore(run: _Run) -> None:
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return
+    with checkpoint.as_directory() as folder:
+        run.load_state_dict(torch.load(Path(folder) / TRAIN_STATE, map_location=run.device, weights_only=False))
+    print(f"resumed at step {run.step} from {checkpoint.path}", flush=True)
+
+
+def _progress(run: _Run, rank: int):
+    """A progress bar on rank 0, drawn by the driver (Ray's tqdm); None on other ranks."""
+    if rank != 0:
+        return None
+    from ray.experimental.tqdm_ray import tqdm
+
+    bar = tqdm(total=run.cfg.optim.steps, desc=f"{run.cfg.name} ({run.cfg.phase}, {run.precision.name})")
+    bar.update(run.step)
+    return bar
+
+
+def _tensorboard(run: _Run, rank: int):
+    """Rank 0 writes scalars to ``<run_dir>/tensorboard`` (``tensorboard --logdir``)."""
+    if rank != 0:
+        return None
+    from torch.utils.tensorboard import SummaryWriter
+
+    # on resume, drop what the stopped run logged after its checkpoint
+    return SummaryWriter(str(run.cfg.run_dir / "tensorboard"), purge_step=run.step + 1 if run.step else None)
 
 
 def train_loop_per_worker(config: dict) -> None:
-    """Ray Train entry point; ``config`` is an :class:`SRTrainConfig` as a dict."""
+    """Ray Train entry point; ``config`` is an :class:`SRTrainConfig` (absolute paths) as a dict."""
     cfg = SRTrainConfig.model_validate(config)
-    _set_threads()
-    context = ray.train.get_context()
-    rank, world = context.get_world_rank(), context.get_world_size()
-    scale = cfg.architecture.scale
+    _set_threads(cfg)
+    rank, world = ray.train.get_context().get_world_rank(), ray.train.get_context().get_world_size()
     torch.manual_seed(cfg.seed)
-    sampler = PatchSampler(load_pairs(list_images(cfg.train_data), scale), scale, cfg.hr_patch, seed=cfg.seed * 1000 + rank)
-    val_pairs = load_pairs(list_images([cfg.val_data]), scale) if rank == 0 else []
-
-    model = ray.train.torch.prepare_model(build_model(cfg.architecture))
-    plain_model: nn.Module = model.module if hasattr(model, "module") else model
-    device = ray.train.torch.get_device()
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.steps, eta_min=cfg.learning_rate * 0.01)
-    loss_fn = nn.L1Loss()
-    per_worker = cfg.batch_size // world
-    started = time.monotonic()
-
-    for step in range(1, cfg.steps + 1):
-        model.train()
-        lr_np, hr_np = sampler.sample(per_worker)
-        lr, hr = torch.from_numpy(lr_np).to(device), torch.from_numpy(hr_np).to(device)
-        with _autocast(device, cfg.bf16):
-            sr = model(lr)
-        loss = loss_fn(sr.float(), hr)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        if rank == 0 and step % 100 == 0:
-            print(f"step {step}/{cfg.steps} loss {loss.item():.4f} lr {scheduler.get_last_lr()[0]:.2e} {time.monotonic() - started:.0f}s", flush=True)
-        if step % cfg.val_every == 0 or step == cfg.steps:
-            _report(cfg, plain_model, val_pairs, rank, step, loss.item())
+    run = _Run(cfg)
+    _restore(run)
+    val_pairs = load_pairs(list_images([cfg.data.val]), cfg.architecture.scale) if rank == 0 else []
+    progress, writer = _progress(run, rank), _tensorboard(run, rank)
+    batches = _batches(cfg, cfg.optim.batch_size // world)
+    while run.step < cfg.optim.steps:
+        started = time.monotonic()
+        losses = run.train_step(next(batches))
+        run.train_seconds += time.monotonic() - started
+        if progress is not None:
+            progress.update(1)
+            progress.set_description(f"{cfg.name} ({cfg.phase}, {run.precision.name}) loss {losses['loss']:.4f}")
+        if writer is not None:
+            for key, value in losses.items():
+                writer.add_scalar(f"train/{key}", value, run.step)
+            writer.add_scalar("train/learning_rate", run.scheduler.get_last_lr()[0], run.step)
+        if run.step % cfg.checkpoint_every == 0 or run.step == cfg.optim.steps:
+            if _checkpoint(run, val_pairs, rank, losses, writer):
+                break
+    if progress is not None:
+        progress.close()
+    if writer is not None:
+        writer.close()
 
 
-def _report(cfg: SRTrainConfig, model: nn.Module, val_pairs: list, rank: int, step: int, loss: float) -> None:
-    """Validate on rank 0 and report metrics; rank 0 attaches a checkpoint of the model folder."""
-    metrics: dict[str, float] = {"step": step, "loss": loss}
+def _checkpoint(run: _Run, val_pairs: list, rank: int, losses: dict[str, float], writer) -> bool:
+    """Validate (rank 0), report a checkpoint, decide on early stopping; True to stop (all ranks)."""
+    cfg = run.cfg
+    metrics: dict[str, float | str] = {"step": run.step, "train_seconds": run.train_seconds, "precision": run.precision.name, **losses}
+    stop = torch.zeros(1, device=run.device)
     with tempfile.TemporaryDirectory() as folder:
         checkpoint = None
         if rank == 0:
-            model.eval()
-            val = evaluate_pairs(model, val_pairs, cfg.architecture.scale)
+            run.plain_generator.eval()
+            val = evaluate_pairs(run.plain_generator, val_pairs, cfg.architecture.scale)
             metrics.update(val)
+            stop += run.early.update(val["psnr_y"])
+            metrics["stopped_early"] = float(stop.item())
+            for key in ("psnr_y", "ssim_y"):
+                writer.add_scalar(f"val/{key}", val[key], run.step)
             print(
-                f"validation step {step}: PSNR-Y {val['psnr_y']:.3f} dB (bicubic {val['bicubic_psnr_y']:.3f}), "
-                f"SSIM-Y {val['ssim_y']:.4f} (bicubic {val['bicubic_ssim_y']:.4f})",
+                f"validation step {run.step}: PSNR-Y {val['psnr_y']:.3f} dB (bicubic {val['bicubic_psnr_y']:.3f}), "
+                f"SSIM-Y {val['ssim_y']:.4f} (bicubic {val['bicubic_ssim_y']:.4f})" + (", stopping early" if stop.item() else ""),
                 flush=True,
             )
-            save_model(model, _card(cfg, val, len(val_pairs)), Path(folder))
+            card = ModelCard(
+                name=cfg.name,
+                architecture=cfg.architecture,
+                metrics=SRMetrics(dataset=str(cfg.data.val), images=len(val_pairs), border=cfg.architecture.scale, **val),
+            )
+            save_model(run.plain_generator, card, Path(folder))
+            torch.save(run.state_dict(), Path(folder) / TRAIN_STATE)
             checkpoint = ray.train.Checkpoint.from_directory(folder)
         ray.train.report(metrics, checkpoint=checkpoint)
+    if dist.is_available() and dist.is_initialized():
+        dist.broadcast(stop, src=0)
+    return bool(stop.item())
