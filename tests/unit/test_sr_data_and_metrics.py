@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from tests.conftest import synthetic_photo
 from train.metrics import character_error_rate, levenshtein, psnr_y, rgb_to_y, ssim_y
