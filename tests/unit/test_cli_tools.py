@@ -41,3 +41,16 @@ def test_models_list_shows_builtin_and_extra_folders(tmp_path):
     assert "builtin:srresnet-x4: superres x4 SRResNet, PSNR-Y 26.62 dB" in result.output
     assert f"{extra}: superres x4" in result.output
     assert "not a model card" in result.output
+
+
+def test_train_srgan_names_bad_fields_before_starting_ray(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text("output: out\ndata: {train: [a], val: b, hr_patch: 30}\noptim: {stpes: 5}\n")
+    result = runner.invoke(app, ["train", "srgan", str(config), "--set", "architecture.blocks=0"])
+    assert result.exit_code == 2
+    for field in ("optim.stpes", "architecture.blocks"):
+        assert field in result.output
+    missing = runner.invoke(app, ["train", "srgan", str(tmp_path / "missing.yaml")])
+    assert missing.exit_code == 2 and "missing.yaml" in missing.output
+    bad_set = runner.invoke(app, ["train", "srgan", str(config), "--set", "steps"])
+    assert bad_set.exit_code == 2 and "KEY=VALUE" in bad_set.output
