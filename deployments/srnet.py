@@ -77,7 +77,7 @@ class SRResNet(nn.Module):
         self, scale: int = 4, channels: int = 48, blocks: int = 8, res_scale: float = 1.0, upsampler: str = "progressive"
     ) -> None:
         super().__init__()
-        self.scale = scale
+        self.scale, self.upsampler_kind = scale, upsampler
         self.head = nn.Conv2d(3, channels, 3, padding=1)
         self.body = nn.Sequential(*[ResidualBlock(channels, res_scale) for _ in range(blocks)])
         self.body_tail = nn.Conv2d(channels, channels, 3, padding=1)

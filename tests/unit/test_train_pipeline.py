@@ -29,7 +29,7 @@ def write_yaml(tmp_path: Path, tree: dict) -> Path:
 
 def test_shipped_run_configs_validate():
     paths = sorted((REPO / "train" / "configs").glob("*.yaml"))
-    assert {p.stem for p in paths} >= {"srresnet-x4-stage1", "srresnet-x4", "srresnet-x2", "srgan-x4"}
+    assert {p.stem for p in paths} >= {"srresnet-x4-stage1", "srresnet-x4-stage2", "srresnet-x4", "srresnet-x2", "srgan-x4"}
     for path in paths:
         cfg = load_config(path, {})
         assert cfg.output in (Path("deployments/weights") / cfg.name, Path("runs") / cfg.name / "model")
@@ -176,3 +176,19 @@ def test_cpus_per_worker_leaves_room_for_ray_data():
     assert cpus_per_worker(fixed, cluster_cpus=2) == 4
     gpu = scaling_config(load_config(None, {"output": "o", "data.train": ["a"], "data.val": "b", "scaling.use_gpu": True}), 8)
     assert gpu.use_gpu and gpu.num_workers == 2 and gpu.resources_per_worker == {"CPU": 1.0, "GPU": 1}
+
+
+def test_grown_generator_computes_the_same_then_trains_deeper():
+    from train.srgan.loop import grow_blocks
+
+    torch.manual_seed(0)
+    small = SRResNet(scale=2, channels=8, blocks=2, upsampler="single").eval()
+    for p in small.parameters():
+        p.data.normal_(0, 0.1)
+    grown = grow_blocks(small, 4).eval()
+    assert len(grown.body) == 4 and grown.upsampler_kind == "single"
+    image = torch.rand(1, 3, 12, 12)
+    with torch.no_grad():
+        torch.testing.assert_close(grown(image), small(image))
+    with pytest.raises(ValueError):
+        grow_blocks(small, 2)

@@ -22,8 +22,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from deployments.modelcard import ModelCard, SRMetrics
-from deployments.srnet import build_model, load_model, save_model
+from deployments.modelcard import ModelCard, SRArchitecture, SRMetrics
+from deployments.srnet import SRResNet, build_model, load_model, save_model
 from train.sr_data import list_images, load_pairs, to_nchw_float
 from train.srgan.config import SRTrainConfig
 from train.srgan.evaluate import evaluate_pairs
@@ -43,9 +43,33 @@ def _initial_generator(cfg: SRTrainConfig) -> nn.Module:
     if cfg.init_from is None:
         return build_model(cfg.architecture)
     model, card = load_model(cfg.init_from)
-    if card.architecture != cfg.architecture:
-        raise ValueError(f"init_from {cfg.init_from} is {card.architecture}, the config says {cfg.architecture}")
-    return model
+    if card.architecture == cfg.architecture:
+        return model
+    if card.architecture.model_copy(update={"blocks": cfg.architecture.blocks}) == cfg.architecture:
+        return grow_blocks(model, cfg.architecture.blocks)
+    raise ValueError(f"init_from {cfg.init_from} is {card.architecture}, the config says {cfg.architecture}")
+
+
+def grow_blocks(model: SRResNet, blocks: int) -> SRResNet:
+    """A deeper copy of ``model`` that computes the same function: residual blocks appended with
+    their second conv zeroed, so each starts as the identity and training grows it (function-
+    preserving growth, after Net2Net: Chen et al. 2016, arXiv:1511.05641).
+
+    Raises:
+        ValueError: ``blocks`` is not more than the model has.
+    """
+    have = len(model.body)
+    if blocks <= have:
+        raise ValueError(f"growing needs more than {have} blocks, got {blocks}")
+    arch = SRArchitecture(scale=model.scale, channels=model.head.out_channels, blocks=blocks, res_scale=model.body[0].res_scale, upsampler=model.upsampler_kind)
+    grown = build_model(arch)
+    missing, unexpected = grown.load_state_dict(model.state_dict(), strict=False)
+    assert not unexpected and all(key.startswith("body.") and int(key.split(".")[1]) >= have for key in missing)
+    with torch.no_grad():
+        for block in grown.body[have:]:
+            block.conv2.weight.zero_()
+            block.conv2.bias.zero_()
+    return grown
 
 
 def _cosine(optimizer: torch.optim.Optimizer, cfg: SRTrainConfig) -> torch.optim.lr_scheduler.LRScheduler:
