@@ -1,9 +1,10 @@
 """Benchmark: peak memory of a super-resolution replica upscaling one large image (4000x3000 x4).
 
-Builds the deployment's class itself (``SuperResolution.func_or_class``: the same model runner,
-tiling, ``@serve.batch`` queue and in-flight window as a replica, without Ray) and reads the
-process's peak resident set size (``getrusage``) after the model is loaded and warmed up, then
-after the upscale. The difference is what the request cost; the output canvas alone is
+Runs the replica's code without Ray: the same model runner (:class:`Upscaler`), tiling
+(``upscale_tiled``) and in-flight window (4 x ``max_batch_size`` tiles) as a replica; each tile
+is one forward pass here, where ``@serve.batch`` would group up to ``--batch`` of the tiles in
+flight. Reads the process's peak resident set size (``getrusage``) after the model is loaded
+and warmed up, then after the upscale. The difference is what the request cost; the output canvas alone is
 ``16000 x 12000 x 3`` bytes = 549 MiB. Usage:
 
     python bench/superres_memory.py [--model DIR] [--width 4000] [--height 3000] [--tile 192]
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deployments.superres import SuperResolution
+from deployments.superres import Upscaler, upscale_tiled
 from serve.config import BUILTIN_WEIGHTS
 
 MIB = 1024 * 1024
@@ -44,21 +45,22 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
 
-    replica_class = SuperResolution.func_or_class
     image = np.random.default_rng(0).integers(0, 256, size=(args.height, args.width, 3), dtype=np.uint8)
+    upscaler = Upscaler(args.model, precision=args.precision, num_threads=args.threads)
+    upscaler.forward(np.zeros((1, 3, args.tile, args.tile), dtype=np.float32))  # warm-up, as a replica does
+
+    async def infer_tile(tile: np.ndarray) -> np.ndarray:
+        return upscaler.forward(tile[None].astype(np.float32) / 255.0)[0].transpose(2, 0, 1)
 
     async def run() -> tuple[np.ndarray, int, float]:
-        replica = replica_class(
-            variant="bench", weights=str(args.model), tile_size=args.tile, overlap=args.overlap,
-            max_batch_size=args.batch, num_threads=args.threads, precision=args.precision,
-        )  # fmt: skip
         loaded = peak_rss_bytes()
         started = time.perf_counter()
-        output = await replica.upscale(image)
+        output = await upscale_tiled(image, upscaler.scale, args.tile, args.overlap, infer_tile, window=4 * args.batch)
         return output, loaded, time.perf_counter() - started
 
     output, loaded, seconds = asyncio.run(run())
     peak = peak_rss_bytes()
+    print(f"{upscaler.card.name}, {upscaler.precision}, tiles {args.tile}/{args.overlap}, window {4 * args.batch} tiles")
     print(f"input {args.width}x{args.height} -> output {output.shape[1]}x{output.shape[0]} ({output.nbytes / MIB:.0f} MiB) in {seconds:.1f} s")
     print(f"peak RSS after load + warm-up {loaded / MIB:.0f} MiB (input image included), after the upscale {peak / MIB:.0f} MiB: +{(peak - loaded) / MIB:.0f} MiB for the request")
 

@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 from ray import serve
 
-from deployments.runtime import replica_threads
+from deployments.runtime import auto_precision, replica_threads
 from deployments.sr_onnx import OnnxSR, onnx_file
 from deployments.srnet import load_model, to_uint8
 from deployments.tiling import crop_canvas, new_canvas, paste_tile, split_tiles
@@ -66,7 +66,8 @@ class Upscaler:
 
     Args: ``folder`` (``model.json`` + ``model.safetensors``), ``backend`` torch|onnx,
     ``quantize`` none|int8 (onnx), ``device`` cpu|cuda (cuda falls back to CPU with a warning
-    where none is present, and float16 then becomes float32), ``precision`` of autocast
+    where none is present, and float16 then becomes float32), ``precision`` of autocast (``auto``:
+    :func:`deployments.runtime.auto_precision`; the onnx backend always runs float32)
     (torch), ``num_threads`` for torch and ONNX Runtime.
     """
 
@@ -83,6 +84,8 @@ class Upscaler:
         if device == "cuda" and not torch.cuda.is_available():
             logger.warning("%s: CUDA is not available, falling back to CPU", folder)
             device, precision = "cpu", ("float32" if precision == "float16" else precision)
+        if precision == "auto":
+            precision = auto_precision(device) if backend == "torch" else "float32"
         self.folder, self.backend, self.quantize = folder, backend, quantize
         self.device, self.precision = torch.device(device), precision
         self.model, self.card = load_model(folder, device)

@@ -40,7 +40,11 @@ class SuperResVariant(_Strict):
     backend: Literal["torch", "onnx"] = Field("torch", description="PyTorch, or ONNX Runtime on an exported model")
     quantize: Literal["none", "int8"] = Field("none", description="int8 dynamic quantization (onnx backend only)")
     device: Literal["cpu", "cuda"] = "cpu"
-    precision: Literal["float32", "bfloat16", "float16"] = Field("float32", description="autocast dtype; float32 is exact and portable")
+    precision: Literal["float32", "bfloat16", "float16", "auto"] = Field(
+        "float32",
+        description="autocast dtype; float32 is exact and portable (the default); auto: float16 on CUDA, bfloat16 "
+        "on CPUs with native bf16, else float32",
+    )
     num_threads: int | None = Field(None, ge=1, description="torch threads; default: the replica's CPUs")
 
     @model_validator(mode="after")
@@ -49,7 +53,7 @@ class SuperResVariant(_Strict):
             raise ValueError(f"overlap {self.overlap} must be smaller than tile_size {self.tile_size}")
         if self.quantize != "none" and self.backend != "onnx":
             raise ValueError("quantize needs backend onnx")
-        if self.precision != "float32" and self.backend != "torch":
+        if self.precision not in ("float32", "auto") and self.backend != "torch":
             raise ValueError("precision applies to the torch backend; the onnx backend runs the exported float32 model")
         if self.precision == "float16" and self.device != "cuda":
             raise ValueError("precision float16 needs device cuda; use bfloat16 or float32 on CPU")

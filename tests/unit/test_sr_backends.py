@@ -86,3 +86,13 @@ def test_export_onnx_command(tmp_path):
     assert result.exit_code == 0, result.output
     assert (tmp_path / "model.onnx").is_file() and (tmp_path / "model.int8.onnx").is_file()
     assert "int8:" in result.output
+
+
+def test_auto_precision_picks_bf16_only_where_the_cpu_has_it(reference):
+    from deployments.runtime import auto_precision, cpu_has_native_bf16
+
+    upscaler = Upscaler(WEIGHTS, num_threads=2, precision="auto")
+    assert upscaler.precision == ("bfloat16" if cpu_has_native_bf16() else "float32") == auto_precision("cpu")
+    assert auto_precision("cuda") == "float16"
+    assert peak_signal_noise_ratio(reference, run(upscaler), data_range=255) > 45
+    assert Upscaler(WEIGHTS, backend="onnx", precision="auto").precision == "float32"  # ONNX runs the float32 export
