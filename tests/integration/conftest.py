@@ -1,7 +1,9 @@
 """One real local Ray and the real pixelfleet Serve app for the whole test session.
 
 The app is deployed from ``serve/configs/local.yaml`` exactly as ``pixelfleet up`` deploys it,
-on a free port, with the request limits lowered so that the 413 paths are cheap to reach.
+on a free port, with the request limits lowered so that the 413 paths are cheap to reach, and
+one variant more: the shipped x4 model on the ONNX Runtime backend (``ONNX_VARIANT``), exported
+when its replica starts.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ APP_NAME = "pixelfleet"
 MAX_BODY_BYTES = 2 * 1024 * 1024
 MAX_PIXELS = 4_000_000
 MAX_OUTPUT_PIXELS = 1_000_000
+ONNX_VARIANT = "srresnet-x4-onnx"
 
 
 def _free_port() -> int:
@@ -34,9 +37,16 @@ def _free_port() -> int:
 def app_url() -> Iterator[str]:
     import ray
     from ray import serve
+    from ray.serve.schema import DeploymentSchema
 
     schema = load_serve_config(DEFAULT_CONFIG, host="127.0.0.1", port=_free_port())
-    schema.applications[0].args["limits"] = {"max_body_bytes": MAX_BODY_BYTES, "max_pixels": MAX_PIXELS, "max_output_pixels": MAX_OUTPUT_PIXELS}
+    app = schema.applications[0]
+    app.args["limits"] = {"max_body_bytes": MAX_BODY_BYTES, "max_pixels": MAX_PIXELS, "max_output_pixels": MAX_OUTPUT_PIXELS}
+    app.args["superres"]["variants"][ONNX_VARIANT] = {
+        "weights": "builtin:srresnet-x4", "backend": "onnx", "tile_size": 64, "overlap": 16, "max_batch_size": 2, "num_threads": 1,
+    }  # fmt: skip
+    # local.yaml hands out both CPUs; this extra replica reserves none (it is idle but for its tests)
+    app.deployments.append(DeploymentSchema(name=f"superres-{ONNX_VARIANT}", num_replicas=1, ray_actor_options={"num_cpus": 0}))
     try:
         yield start_local(schema, timeout_s=600)
     finally:

@@ -11,7 +11,7 @@ from PIL import Image, ImageCms, ImageDraw, ImageFont
 
 from serve.errors import Unprocessable, UnknownModel
 from tests.conftest import dataset, synthetic_photo
-from tests.integration.conftest import MAX_BODY_BYTES, open_image, png_bytes
+from tests.integration.conftest import MAX_BODY_BYTES, ONNX_VARIANT, open_image, png_bytes
 from train.metrics import character_error_rate, psnr_y
 from train.sr_data import crop_to_multiple, load_rgb, make_lr
 from train.srgan.evaluate import bicubic_upscale
@@ -36,7 +36,10 @@ def test_health_and_readiness(client):
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz")
     assert ready.status_code == 200
-    assert ready.json()["variants"] == {"superres/srresnet-x4": True, "superres/srresnet-x2": True, "ocr/rapidocr": True, "ocr/tesseract": True}
+    assert ready.json()["variants"] == {
+        "superres/srresnet-x4": True, "superres/srresnet-x2": True, "superres/srgan-x4": True, f"superres/{ONNX_VARIANT}": True,
+        "ocr/rapidocr": True, "ocr/tesseract": True,
+    }  # fmt: skip
 
 
 def test_models_lists_families_variants_and_cards(client):
@@ -73,6 +76,38 @@ def test_superres_beats_bicubic_on_a_real_photo(client, scale, variant):
     sr = np.asarray(open_image(response.content))
     assert sr.shape == hr.shape
     assert psnr_y(sr, hr, scale) > psnr_y(bicubic_upscale(lr, scale), hr, scale) + 0.3
+
+
+def test_onnx_backend_variant_agrees_with_torch(client):
+    """The x4 weights on ONNX Runtime (exported at replica start), through the app, against PyTorch
+    fp32 on the same tiles without Ray: within one 8-bit level (the stated tolerance)."""
+    from deployments.superres import Upscaler
+    from serve.config import BUILTIN_WEIGHTS
+
+    lr = synthetic_photo(70, 90)
+    response = upscale(client, png_bytes(lr), model=ONNX_VARIANT)
+    assert response.status_code == 200, response.text
+    assert response.headers["x-pixelfleet-variant"] == f"superres/{ONNX_VARIANT}"
+    served = np.asarray(open_image(response.content)).astype(int)
+    reference = Upscaler(BUILTIN_WEIGHTS / "srresnet-x4", num_threads=1).upscale(lr, tile_size=64, overlap=16)
+    assert np.abs(served - reference.astype(int)).max() <= 1
+    card = client.get("/v1/models").json()["families"]["superres"]["variants"][ONNX_VARIANT]
+    assert card["backend"] == "onnx" and card["providers"] == ["CPUExecutionProvider"] and card["precision"] == "float32"
+
+
+def test_gan_variant_upscales_a_real_photo(client):
+    """The SRGAN variant: chosen by name, a faithful x4 picture, and not the PSNR model's output."""
+    folder = dataset("sr", "val", "bsd200")
+    hr = crop_to_multiple(load_rgb(sorted(folder.glob("*.png"))[1]), 4)
+    lr = make_lr(hr, 4)
+    gan = upscale(client, png_bytes(lr), model="srgan-x4")
+    psnr_model = upscale(client, png_bytes(lr), model="srresnet-x4")
+    assert gan.status_code == 200, gan.text
+    assert gan.headers["x-pixelfleet-variant"] == "superres/srgan-x4"
+    sr_gan, sr_psnr = np.asarray(open_image(gan.content)), np.asarray(open_image(psnr_model.content))
+    assert sr_gan.shape == hr.shape
+    assert psnr_y(sr_gan, hr, 4) > psnr_y(bicubic_upscale(lr, 4), hr, 4) - 1.0  # the same picture
+    assert not np.array_equal(sr_gan, sr_psnr)
 
 
 def test_superres_x8_chains_x2_then_x4(client):

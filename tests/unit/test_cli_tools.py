@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -38,7 +40,8 @@ def test_models_list_shows_builtin_and_extra_folders(tmp_path):
     (tmp_path / "runs" / "broken" / "model.json").write_text("{}")
     result = runner.invoke(app, ["models", "list", "--folder", str(tmp_path / "runs")])
     assert result.exit_code == 0, result.output
-    assert "builtin:srresnet-x4: superres x4 SRResNet, PSNR-Y 26.62 dB" in result.output
+    card = json.loads((BUILTIN_WEIGHTS / "srresnet-x4" / "model.json").read_text())
+    assert f"builtin:srresnet-x4: superres x4 SRResNet, PSNR-Y {card['metrics']['psnr_y']:.2f} dB" in result.output
     assert f"{extra}: superres x4" in result.output
     assert "not a model card" in result.output
 
