@@ -100,8 +100,8 @@ def eval_superres(
     data: Path = typer.Option(..., help="folder of HR images; LR inputs are their bicubic downscales"),
     scale: Optional[int] = typer.Option(None, help="scale factor; must be the model's (default)"),
     compare: Optional[Path] = typer.Option(None, help="write LR | bicubic | model | HR images into this folder"),
-    tile_size: int = typer.Option(64, help="LR tile side, pixels (the serving path)"),
-    overlap: int = typer.Option(16, help="tile overlap, LR pixels"),
+    tile_size: int = typer.Option(192, help="LR tile side, pixels (the serving path; local.yaml's)"),
+    overlap: int = typer.Option(32, help="tile overlap, LR pixels"),
 ) -> None:
     """PSNR/SSIM on Y (border = scale px cropped) of a model and of bicubic, per image and mean."""
     from rich.table import Table
