@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from deployments.runtime import cpu_has_native_bf16
 from train.srgan.config import GanConfig
 from train.srgan.gan import VGGFeatureLoss, discriminator_loss, generator_adversarial_loss
 
@@ -28,7 +29,7 @@ def resolve_precision(requested: str, device: torch.device) -> str:
     if requested == "auto":
         if device.type == "cuda":
             return "fp16"
-        return "bf16" if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
+        return "bf16" if cpu_has_native_bf16() else "fp32"
     if requested == "fp16" and device.type != "cuda":
         logger.warning("fp16 autocast needs CUDA; training in fp32")
         return "fp32"
