@@ -29,7 +29,7 @@ def write_yaml(tmp_path: Path, tree: dict) -> Path:
 
 def test_shipped_run_configs_validate():
     paths = sorted((REPO / "train" / "configs").glob("*.yaml"))
-    assert {p.stem for p in paths} >= {"srresnet-x4-stage1", "srresnet-x4-stage2", "srresnet-x4", "srgan-x4"}
+    assert {p.stem for p in paths} >= {"srresnet-x4-stage1", "srresnet-x4-stage2", "srresnet-x4", "srresnet-x2", "srgan-x4"}
     for path in paths:
         cfg = load_config(path, {})
         assert cfg.output in (Path("deployments/weights") / cfg.name, Path("runs") / cfg.name / "model")
