@@ -104,7 +104,7 @@ def test_gan_run_stopped_by_ctrl_c_resumes_exactly(psnr_run, work):
         "init_from": str(psnr_model),
         "architecture": {"scale": 2, "channels": 8, "blocks": 1, "upsampler": "single"},
         "data": {"train": [str(work / "train")], "val": str(work / "val"), "hr_patch": 32, "patches_per_image": 8},
-        "optim": {"steps": 60, "batch_size": 4},
+        "optim": {"steps": 60, "batch_size": 4, "ema_decay": 0.9},
         "gan": {"discriminator_channels": 8},
         "checkpoint_every": 4,
         "storage_path": str(work / "runs"),
@@ -142,8 +142,13 @@ def test_gan_run_stopped_by_ctrl_c_resumes_exactly(psnr_run, work):
     adam_steps = {float(s["step"]) for s in state["optimizer"]["state"].values()}
     assert adam_steps == {60.0}  # Adam's moments went on from the checkpoint, not from zero
     assert {float(s["step"]) for s in state["d_optimizer"]["state"].values()} == {60.0}
+    assert int(state["ema"]["n_averaged"]) == 60  # the weight average went on from the checkpoint too
     tb = scalars(run_dir)
     assert set(range(1, 61)) <= set(tb["train/discriminator_loss"])
+    served, _ = load_model(work / "gan-model")
+    for key, value in served.state_dict().items():  # the model folder holds the average, not the last weights
+        assert torch.equal(value, state["ema"][f"module.{key}"])
+    assert any(not torch.equal(value, state["generator"][key]) for key, value in served.state_dict().items())
 
     card = json.loads((work / "gan-model" / "model.json").read_text())
     assert card["training"]["phase"] == "gan" and card["training"]["resumed"] and card["training"]["steps"] == 60

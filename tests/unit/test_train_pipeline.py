@@ -15,7 +15,7 @@ from deployments.srnet import SRResNet
 from train.srgan.config import GanConfig, load_config, parse_assignment
 from train.srgan.gan import VGG_LAYERS, Discriminator, VGGFeatureLoss, discriminator_loss, vgg19_features
 from train.srgan.run import RunStateError, changed_training_fields, check_run_dir, cpus_per_worker, scaling_config
-from train.srgan.steps import EarlyStopper, GanParts, Precision, gan_step, psnr_step, resolve_precision
+from train.srgan.steps import EarlyStopper, GanParts, Precision, gan_step, psnr_step, resolve_precision, weight_average
 
 REPO = Path(__file__).resolve().parents[2]
 MINIMAL = {"output": "out", "data": {"train": ["a"], "val": "b"}}
@@ -125,6 +125,24 @@ def test_psnr_step_lowers_the_loss():
     lr, hr = tiny_batch()
     losses = [psnr_step(generator, optimizer, precision, "l1", lr, hr)["loss"] for _ in range(20)]
     assert losses[-1] < losses[0]
+
+
+def test_weight_average_follows_the_training_weights():
+    generator = SRResNet(scale=2, channels=8, blocks=1, upsampler="single")
+    optimizer = torch.optim.Adam(generator.parameters(), lr=1e-2)
+    precision = Precision("fp32", torch.device("cpu"))
+    average = weight_average(generator, 0.5)
+    assert weight_average(generator, None) is None
+    lr, hr = tiny_batch()
+    history = []
+    for _ in range(3):
+        psnr_step(generator, optimizer, precision, "mse", lr, hr)
+        average.update_parameters(generator)
+        history.append(generator.head.weight.detach().clone())
+    expected = 0.25 * history[0] + 0.25 * history[1] + 0.5 * history[2]  # first update copies, then halves
+    assert torch.allclose(average.module.head.weight, expected, atol=1e-6)
+    assert not torch.allclose(average.module.head.weight, generator.head.weight)
+    assert average.module(lr).shape == hr.shape
 
 
 @pytest.mark.parametrize("with_vgg", [False, True])

@@ -42,6 +42,13 @@ class OptimConfig(_Strict):
     learning_rate: float = Field(1e-3, gt=0, description="generator Adam learning rate at step 0")
     min_lr_ratio: float = Field(0.01, ge=0, le=1, description="cosine decay ends at learning_rate * this")
     pixel_loss: Literal["l1", "mse"] = "l1"
+    ema_decay: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="keep an exponential moving average of the generator weights, updated every step with this "
+        "decay (e.g. 0.999); validation, checkpoints and the model folder then hold the average",
+    )
 
 
 class GanConfig(_Strict):

@@ -4,7 +4,8 @@ Each worker reads its shard of the Ray Data patch pipeline (``get_dataset_shard(
 DDP averages the gradients. Every ``checkpoint_every`` steps rank 0 validates on whole images,
 and every worker reports: rank 0 attaches a checkpoint that is at once a servable model folder
 (``model.safetensors`` + ``model.json``) and the full training state (``train_state.pt``: step,
-generator, optimizer, scheduler, discriminator, gradient scaler, early stopping). A run started
+generator, its moving average, optimizer, scheduler, discriminator, gradient scaler, early
+stopping). A run started
 again with the same name and storage (``--resume``) continues from the latest checkpoint.
 """
 
@@ -28,7 +29,7 @@ from train.sr_data import list_images, load_pairs, to_nchw_float
 from train.srgan.config import SRTrainConfig
 from train.srgan.evaluate import evaluate_pairs
 from train.srgan.gan import Discriminator, VGGFeatureLoss
-from train.srgan.steps import EarlyStopper, GanParts, Precision, gan_step, psnr_step, resolve_precision
+from train.srgan.steps import EarlyStopper, GanParts, Precision, gan_step, psnr_step, resolve_precision, weight_average
 
 TRAIN_STATE = "train_state.pt"
 
@@ -99,6 +100,7 @@ class _Run:
         self.generator = ray.train.torch.prepare_model(_initial_generator(cfg))
         self.plain_generator: nn.Module = getattr(self.generator, "module", self.generator)
         self.optimizer = torch.optim.Adam(self.generator.parameters(), lr=cfg.optim.learning_rate)
+        self.ema = weight_average(self.plain_generator, cfg.optim.ema_decay)
         self.scheduler = _cosine(self.optimizer, cfg)
         self.gan: GanParts | None = None
         self.d_scheduler = None
@@ -121,6 +123,8 @@ class _Run:
             "scaler": self.precision.scaler.state_dict(),
             "early_stopping": self.early.state_dict(),
         }
+        if self.ema is not None:
+            state["ema"] = self.ema.state_dict()
         if self.gan is not None:
             state["discriminator"] = getattr(self.gan.discriminator, "module", self.gan.discriminator).state_dict()
             state["d_optimizer"] = self.gan.optimizer.state_dict()
@@ -134,6 +138,8 @@ class _Run:
         self.scheduler.load_state_dict(state["scheduler"])
         self.precision.scaler.load_state_dict(state["scaler"])
         self.early.load_state_dict(state["early_stopping"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
         if self.gan is not None:
             getattr(self.gan.discriminator, "module", self.gan.discriminator).load_state_dict(state["discriminator"])
             self.gan.optimizer.load_state_dict(state["d_optimizer"])
@@ -148,8 +154,15 @@ class _Run:
             losses = gan_step(self.generator, self.optimizer, self.gan, self.precision, self.cfg.optim.pixel_loss, lr, hr)
             self.d_scheduler.step()
         self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.plain_generator)
         self.step += 1
         return losses
+
+    @property
+    def model(self) -> nn.Module:
+        """The generator that is validated and saved: the moving average where there is one."""
+        return self.plain_generator if self.ema is None else self.ema.module
 
 
 def _restore(run: _Run) -> None:
@@ -221,8 +234,8 @@ def _checkpoint(run: _Run, val_pairs: list, rank: int, losses: dict[str, float],
     with tempfile.TemporaryDirectory() as folder:
         checkpoint = None
         if rank == 0:
-            run.plain_generator.eval()
-            val = evaluate_pairs(run.plain_generator, val_pairs, cfg.architecture.scale)
+            run.model.eval()
+            val = evaluate_pairs(run.model, val_pairs, cfg.architecture.scale)
             metrics.update(val)
             stop += run.early.update(val["psnr_y"])
             metrics["stopped_early"] = float(stop.item())
@@ -238,7 +251,7 @@ def _checkpoint(run: _Run, val_pairs: list, rank: int, losses: dict[str, float],
                 architecture=cfg.architecture,
                 metrics=SRMetrics(dataset=str(cfg.data.val), images=len(val_pairs), border=cfg.architecture.scale, **val),
             )
-            save_model(run.plain_generator, card, Path(folder))
+            save_model(run.model, card, Path(folder))
             torch.save(run.state_dict(), Path(folder) / TRAIN_STATE)
             checkpoint = ray.train.Checkpoint.from_directory(folder)
         ray.train.report(metrics, checkpoint=checkpoint)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from deployments.runtime import cpu_has_native_bf16
 from train.srgan.config import GanConfig
@@ -71,6 +72,19 @@ def psnr_step(
     precision.scaler.step(optimizer)
     precision.scaler.update()
     return {"loss": loss.item()}
+
+
+def weight_average(model: nn.Module, decay: float | None) -> AveragedModel | None:
+    """An exponential moving average of ``model``'s weights (and buffers), or None without ``decay``.
+
+    After each optimizer step ``average.update_parameters(model)`` sets every weight to
+    ``decay * average + (1 - decay) * weight`` (the first update copies ``model``); the average is
+    ``average.module``, a model of the same class. Averaging the last few thousand steps smooths out
+    the noise of small batches (as in BasicSR's ``ema_decay``; Polyak & Juditsky 1992).
+    """
+    if decay is None:
+        return None
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 
 @dataclass
