@@ -33,7 +33,14 @@ def test_shipped_run_configs_validate():
     for path in paths:
         cfg = load_config(path, {})
         assert cfg.output in (Path("deployments/weights") / cfg.name, Path("runs") / cfg.name / "model")
-    assert load_config(REPO / "train/configs/srgan-x4.yaml", {}).init_from == Path("deployments/weights/srresnet-x4")
+
+def test_each_stage_starts_from_a_stage_that_has_a_config():
+    configs = [load_config(path, {}) for path in (REPO / "train" / "configs").glob("*.yaml")]
+    outputs = {cfg.output: cfg for cfg in configs}
+    for cfg in configs:
+        if cfg.init_from is not None and cfg.init_from.parts[0] == "runs":
+            parent = outputs[cfg.init_from]  # KeyError: a stage nobody can reproduce
+            assert parent.architecture.scale == cfg.architecture.scale and parent.architecture.blocks <= cfg.architecture.blocks
 
 
 def test_overrides_beat_the_file(tmp_path):
