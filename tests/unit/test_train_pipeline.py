@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -15,7 +16,8 @@ from deployments.srnet import SRResNet
 from train.srgan.config import GanConfig, load_config, parse_assignment
 from train.srgan.gan import VGG_LAYERS, Discriminator, VGGFeatureLoss, discriminator_loss, vgg19_features
 from train.srgan.run import RunStateError, changed_training_fields, check_run_dir, cpus_per_worker, scaling_config
-from train.srgan.steps import EarlyStopper, GanParts, Precision, gan_step, psnr_step, resolve_precision, weight_average
+from train.metrics import rgb_to_y
+from train.srgan.steps import EarlyStopper, GanParts, Precision, gan_step, luma, pixel_loss, psnr_step, resolve_precision, weight_average
 
 REPO = Path(__file__).resolve().parents[2]
 MINIMAL = {"output": "out", "data": {"train": ["a"], "val": "b"}}
@@ -60,6 +62,7 @@ def test_overrides_beat_the_file(tmp_path):
         ({"optim.batch_size": 5}, "batch_size"),  # does not divide among 2 workers
         ({"phase": "gan"}, "init_from"),  # gan needs a generator to start from
         ({"precision": "int4"}, "precision"),
+        ({"optim.luma_weight": 1.5}, "luma_weight"),
         ({"name": "../escape"}, "name"),
     ],
 )
@@ -132,6 +135,21 @@ def test_psnr_step_lowers_the_loss():
     lr, hr = tiny_batch()
     losses = [psnr_step(generator, optimizer, precision, "l1", lr, hr)["loss"] for _ in range(20)]
     assert losses[-1] < losses[0]
+
+
+def test_luma_matches_the_metric_and_luma_weight_mixes_the_loss():
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, size=(6, 5, 3), dtype=np.uint8)
+    as_tensor = torch.from_numpy(image.transpose(2, 0, 1)[None].astype(np.float32) / 255.0)
+    # the metric's Y in [16, 235] is 16 + 219 * luma
+    assert np.allclose(16 + 219 * luma(as_tensor)[0, 0].numpy(), rgb_to_y(image), atol=1e-3)
+    hr = torch.rand(2, 3, 8, 8)
+    grey = hr + 0.1  # the same error in every channel: the same error in luma
+    chroma = hr + torch.tensor([128.553, -65.481, 0.0]).view(1, 3, 1, 1) * 1e-4  # luma unchanged
+    assert torch.isclose(pixel_loss("mse", grey, hr, 1.0), torch.tensor(0.01))
+    assert pixel_loss("mse", chroma, hr, 1.0) < 1e-12 < pixel_loss("mse", chroma, hr, 0.0)
+    assert torch.isclose(pixel_loss("l1", chroma, hr, 0.75), 0.25 * pixel_loss("l1", chroma, hr))
+    assert torch.equal(pixel_loss("mse", grey, hr), torch.nn.functional.mse_loss(grey, hr))
 
 
 def test_weight_average_follows_the_training_weights():

@@ -42,6 +42,13 @@ class OptimConfig(_Strict):
     learning_rate: float = Field(1e-3, gt=0, description="generator Adam learning rate at step 0")
     min_lr_ratio: float = Field(0.01, ge=0, le=1, description="cosine decay ends at learning_rate * this")
     pixel_loss: Literal["l1", "mse"] = "l1"
+    luma_weight: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="share of the pixel loss taken on BT.601 luma (what PSNR-Y measures) instead of RGB: "
+        "loss = (1 - w) * loss(RGB) + w * loss(luma); 0 is RGB only, 1 leaves colour unsupervised",
+    )
     ema_decay: float | None = Field(
         None,
         gt=0,

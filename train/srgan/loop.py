@@ -148,10 +148,11 @@ class _Run:
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
         lr, hr = to_nchw_float(batch["lr"]).to(self.device), to_nchw_float(batch["hr"]).to(self.device)
         self.generator.train()
+        optim = self.cfg.optim
         if self.gan is None:
-            losses = psnr_step(self.generator, self.optimizer, self.precision, self.cfg.optim.pixel_loss, lr, hr)
+            losses = psnr_step(self.generator, self.optimizer, self.precision, optim.pixel_loss, lr, hr, optim.luma_weight)
         else:
-            losses = gan_step(self.generator, self.optimizer, self.gan, self.precision, self.cfg.optim.pixel_loss, lr, hr)
+            losses = gan_step(self.generator, self.optimizer, self.gan, self.precision, optim.pixel_loss, lr, hr, optim.luma_weight)
             self.d_scheduler.step()
         self.scheduler.step()
         if self.ema is not None:

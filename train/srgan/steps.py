@@ -55,18 +55,43 @@ class Precision:
         return torch.autocast(self.device.type, dtype=torch.bfloat16 if self.name == "bf16" else torch.float16)
 
 
-def pixel_loss(name: str, sr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
-    """L1 or MSE between ``(N, 3, H, W)`` float32 images in [0, 1]."""
-    return F.l1_loss(sr, hr) if name == "l1" else F.mse_loss(sr, hr)
+# BT.601 luma weights of RGB in [0, 1] (as train/metrics.py), scaled to sum to 1 so that a grey
+# error of e in every channel is an error of e in luma.
+_LUMA = torch.tensor([65.481, 128.553, 24.966]) / 219.0
+
+
+def luma(images: torch.Tensor) -> torch.Tensor:
+    """``(N, 3, H, W)`` RGB -> ``(N, 1, H, W)`` BT.601 luma without its offset, weights summing to 1."""
+    return torch.einsum("nchw,c->nhw", images, _LUMA.to(images)).unsqueeze(1)
+
+
+def pixel_loss(name: str, sr: torch.Tensor, hr: torch.Tensor, luma_weight: float = 0.0) -> torch.Tensor:
+    """L1 or MSE between ``(N, 3, H, W)`` float32 images in [0, 1].
+
+    With ``luma_weight`` w in (0, 1], the loss is ``(1 - w) * loss(RGB) + w * loss(luma)``: the
+    luma term is what PSNR-Y measures (SRCNN and VDSR train on Y alone), the RGB term keeps the
+    colour planes supervised.
+    """
+    distance = F.l1_loss if name == "l1" else F.mse_loss
+    loss = distance(sr, hr)
+    if luma_weight:
+        loss = (1.0 - luma_weight) * loss + luma_weight * distance(luma(sr), luma(hr))
+    return loss
 
 
 def psnr_step(
-    generator: nn.Module, optimizer: torch.optim.Optimizer, precision: Precision, loss_name: str, lr: torch.Tensor, hr: torch.Tensor
+    generator: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    precision: Precision,
+    loss_name: str,
+    lr: torch.Tensor,
+    hr: torch.Tensor,
+    luma_weight: float = 0.0,
 ) -> dict[str, float]:
-    """One pre-training step (SRResNet): pixel loss only. Returns ``{"loss": ...}``."""
+    """One pre-training step (SRResNet): pixel loss only (:func:`pixel_loss`). Returns ``{"loss": ...}``."""
     with precision.autocast():
         sr = generator(lr)
-    loss = pixel_loss(loss_name, sr.float(), hr)
+    loss = pixel_loss(loss_name, sr.float(), hr, luma_weight)
     optimizer.zero_grad(set_to_none=True)
     precision.scaler.scale(loss).backward()
     precision.scaler.step(optimizer)
@@ -105,6 +130,7 @@ def gan_step(
     loss_name: str,
     lr: torch.Tensor,
     hr: torch.Tensor,
+    luma_weight: float = 0.0,
 ) -> dict[str, float]:
     """One SRGAN step: the generator against the discriminator, then the discriminator.
 
@@ -118,7 +144,7 @@ def gan_step(
     sr = sr.float()
     with precision.autocast():
         fake_logits = gan.discriminator(sr)
-    content = cfg.pixel_weight * pixel_loss(loss_name, sr, hr)
+    content = cfg.pixel_weight * pixel_loss(loss_name, sr, hr, luma_weight)
     perceptual = gan.vgg(sr, hr) if gan.vgg is not None else torch.zeros((), device=sr.device)
     adversarial = generator_adversarial_loss(fake_logits)
     g_loss = content + cfg.perceptual_weight * perceptual + cfg.adversarial_weight * adversarial
