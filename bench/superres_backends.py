@@ -1,7 +1,9 @@
 """Benchmark: super-resolution backends on the same tiles, in one run.
 
-PyTorch fp32 (the baseline), PyTorch with bf16 autocast, ONNX Runtime fp32 and ONNX Runtime
-int8 (dynamic quantization), each upscaling the same LR image through the serving path's tiles.
+PyTorch fp32 in NCHW layout (the baseline), PyTorch fp32 in channels_last (NHWC, as the
+replicas run it), PyTorch with bf16 autocast (only on CPUs with native bf16: elsewhere it is
+emulated and many times slower), ONNX Runtime fp32 and ONNX Runtime int8 (dynamic
+quantization), each upscaling the same LR image through the serving path's tiles.
 Prints seconds, output megapixels per second, the ratio to the baseline, and the PSNR of each
 output against the baseline's (how far it drifts from fp32 PyTorch). Usage:
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import tempfile
 import time
 from collections.abc import Callable
@@ -22,6 +25,7 @@ import numpy as np
 import torch
 from skimage.metrics import peak_signal_noise_ratio
 
+from deployments.runtime import cpu_has_native_bf16
 from deployments.sr_onnx import OnnxSR, export_onnx
 from deployments.srnet import load_model, to_uint8
 from deployments.tiling import split_tiles, stitch_tiles
@@ -30,13 +34,15 @@ from serve.config import BUILTIN_WEIGHTS
 Forward = Callable[[np.ndarray], np.ndarray]  # (N, 3, t, t) float32 -> (N, 3, t*s, t*s) float
 
 
-def torch_forward(model: torch.nn.Module, bf16: bool) -> Forward:
-    """PyTorch inference, optionally under bf16 autocast."""
+def torch_forward(model: torch.nn.Module, bf16: bool, channels_last: bool) -> Forward:
+    """PyTorch inference, optionally under bf16 autocast, in NCHW or channels_last layout."""
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    model = copy.deepcopy(model).to(memory_format=layout)
 
     @torch.inference_mode()
     def forward(tiles: np.ndarray) -> np.ndarray:
         with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
-            return model(torch.from_numpy(tiles)).float().numpy()
+            return model(torch.from_numpy(tiles).contiguous(memory_format=layout)).float().numpy()
 
     return forward
 
@@ -66,11 +72,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         files = export_onnx(args.model, Path(folder), int8=True)
         backends = {
-            "torch fp32": torch_forward(model, bf16=False),
-            "torch bf16 autocast": torch_forward(model, bf16=True),
-            "onnxruntime fp32": OnnxSR(files["none"], num_threads=args.threads),
-            "onnxruntime int8": OnnxSR(files["int8"], num_threads=args.threads),
+            "torch fp32 NCHW": torch_forward(model, bf16=False, channels_last=False),
+            "torch fp32 NHWC": torch_forward(model, bf16=False, channels_last=True),
         }
+        if cpu_has_native_bf16():
+            backends["torch bf16 NHWC"] = torch_forward(model, bf16=True, channels_last=True)
+        else:
+            print("no native bf16 on this CPU: bf16 autocast not timed (emulated, many times slower)")
+        backends["onnxruntime fp32"] = OnnxSR(files["none"], num_threads=args.threads)
+        backends["onnxruntime int8"] = OnnxSR(files["int8"], num_threads=args.threads)
         megapixels = (args.size * card.scale) ** 2 / 1e6
         print(f"model {card.name} x{card.scale}, LR {args.size}x{args.size}, tile {args.tile}/{args.overlap}, batch {args.batch}, threads {args.threads}, best of {args.repeats}")
         baseline_seconds, baseline_output = None, None
@@ -84,7 +94,7 @@ def main() -> None:
             baseline_seconds = baseline_seconds or best
             baseline_output = output if baseline_output is None else baseline_output
             drift = peak_signal_noise_ratio(baseline_output, output, data_range=255) if output is not baseline_output else float("inf")
-            print(f"{name:22s} {best:6.2f} s  {megapixels / best:5.2f} MP/s  speed x{baseline_seconds / best:4.2f}  PSNR vs torch fp32 {drift:6.2f} dB")
+            print(f"{name:18s} {best:6.2f} s  {megapixels / best:5.2f} MP/s  speed x{baseline_seconds / best:4.2f}  PSNR vs torch fp32 {drift:6.2f} dB", flush=True)
 
 
 if __name__ == "__main__":

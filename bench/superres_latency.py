@@ -21,6 +21,7 @@ import torch
 from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio
 
+from deployments.runtime import cpu_has_native_bf16
 from deployments.srnet import load_model, upscale_whole
 from deployments.superres import Upscaler
 from serve.config import BUILTIN_WEIGHTS
@@ -45,7 +46,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     whole = upscale_whole(load_model(args.model)[0], image).astype(int)
     baseline = None
-    for tile, overlap, precision in SETTINGS:
+    settings = SETTINGS if cpu_has_native_bf16() else [row for row in SETTINGS if row[2] != "bfloat16"]
+    if len(settings) < len(SETTINGS):
+        print("no native bf16 on this CPU: bfloat16 rows skipped (emulated, many times slower)")
+    for tile, overlap, precision in settings:
         upscaler = Upscaler(args.model, precision=precision, num_threads=args.threads)
         upscaler.upscale(image[:tile, :tile], tile, overlap)  # warm-up
         best = float("inf")

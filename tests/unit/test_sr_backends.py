@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from skimage.metrics import peak_signal_noise_ratio
 
 import deployments.sr_onnx as sr_onnx
@@ -47,6 +48,19 @@ def reference() -> np.ndarray:
 
 def test_reference_shape(reference):
     assert reference.shape == (280, 360, 3) and reference.dtype == np.uint8
+
+
+def test_channels_last_replica_matches_nchw_inference():
+    """Replicas run the network in channels_last (NHWC); the result is NCHW's to within 1 level."""
+    from deployments.srnet import load_model, to_uint8
+
+    upscaler = Upscaler(WEIGHTS, num_threads=2)
+    tiles = np.ascontiguousarray(IMAGE[None, :64, :64].transpose(0, 3, 1, 2)).astype(np.float32) / 255.0
+    nchw_model = load_model(WEIGHTS)[0]
+    assert nchw_model.head.weight.is_contiguous() and not upscaler.model.head.weight.is_contiguous()
+    with torch.inference_mode():
+        nchw = to_uint8(nchw_model(torch.from_numpy(tiles)))
+    assert np.abs(upscaler.forward(tiles).astype(int) - nchw.astype(int)).max() <= 1
 
 
 def test_onnx_fp32_matches_torch(monkeypatch, onnx_dir, reference):
