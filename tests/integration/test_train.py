@@ -113,11 +113,14 @@ def test_gan_run_stopped_by_ctrl_c_resumes_exactly(psnr_run, work):
     config_path.write_text(yaml.safe_dump(config))
     command = [*PIXELFLEET, "train", "srgan", str(config_path)]
 
-    first = subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    first_log = work / "first-run.log"
+    with first_log.open("wb") as log:
+        first = subprocess.Popen(command, env=ENV, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + 300
         while not (run_dir / "checkpoint_manager_snapshot.json").exists():
-            assert first.poll() is None and time.monotonic() < deadline, "no checkpoint before the run ended"
+            ended = first.poll() is not None or time.monotonic() > deadline
+            assert not ended, "no checkpoint before the run ended:\n" + first_log.read_text(errors="replace")[-3000:]
             time.sleep(0.5)
         os.killpg(first.pid, signal.SIGINT)  # Ctrl-C
         assert first.wait(timeout=120) != 0
