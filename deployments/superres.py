@@ -89,7 +89,7 @@ class Upscaler:
         self.folder, self.backend, self.quantize = folder, backend, quantize
         self.device, self.precision = torch.device(device), precision
         self.model, self.card = load_model(folder, device)
-        # NHWC: oneDNN's and cuDNN's fast convolution layout (1.5x over NCHW in fp32 on a 2-core
+        # NHWC: oneDNN's and cuDNN's fast convolution layout (1.33x over NCHW in fp32 on a 2-core
         # AVX2 CPU, BENCHMARKS.md); weights are converted once here, each batch in forward()
         self.model = self.model.to(memory_format=torch.channels_last)
         self.scale = self.card.scale
