@@ -102,7 +102,7 @@ class Upscaler:
 
     @torch.inference_mode()
     def forward(self, tiles: np.ndarray) -> np.ndarray:
-        """``(N, 3, t, t)`` float32 in [0, 1] -> ``(N, t*s, t*s, 3)`` uint8."""
+        """``(N, 3, h, w)`` float32 in [0, 1] -> ``(N, h*s, w*s, 3)`` uint8."""
         if self.onnx is not None:
             return to_uint8(torch.from_numpy(self.onnx(tiles)))
         with self._autocast():
@@ -143,7 +143,7 @@ async def upscale_tiled(
 ) -> np.ndarray:
     """Upscale ``(H, W, C)`` uint8 (C in 1..4) to ``(H*scale, W*scale, C)`` uint8, tile by tile.
 
-    ``infer_tile`` maps one ``(3, t, t)`` uint8 tile to ``(3, t*scale, t*scale)`` uint8 (in the
+    ``infer_tile`` maps one ``(3, h, w)`` uint8 tile to ``(3, h*scale, w*scale)`` uint8 (in the
     deployment, the ``@serve.batch`` method). At most ``window`` tiles are in flight at a time:
     enough to fill batches, while memory stays bounded whatever the image size.
 
@@ -193,10 +193,21 @@ class SuperResolution:
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
     async def _infer_tiles(self, tiles: list[np.ndarray]) -> list[np.ndarray]:
-        """Batched: each item ``(3, t, t)`` uint8 -> ``(3, t*s, t*s)`` uint8."""
-        batch = np.stack(tiles).astype(np.float32) / 255.0
-        output = await asyncio.to_thread(self.upscaler.forward, batch)
-        return list(output.transpose(0, 3, 1, 2))
+        """Batched: each item ``(3, h, w)`` uint8 -> ``(3, h*s, w*s)`` uint8.
+
+        Tiles are ``tile_size`` square, except that an image smaller than a tile is one tile of its
+        own size; one forward pass per distinct shape in the batch.
+        """
+        by_shape: dict[tuple[int, ...], list[int]] = {}
+        for index, tile in enumerate(tiles):
+            by_shape.setdefault(tile.shape, []).append(index)
+        outputs: list[np.ndarray] = [np.empty(0)] * len(tiles)
+        for indices in by_shape.values():
+            batch = np.stack([tiles[i] for i in indices]).astype(np.float32) / 255.0
+            upscaled = await asyncio.to_thread(self.upscaler.forward, batch)
+            for index, output in zip(indices, upscaled.transpose(0, 3, 1, 2)):
+                outputs[index] = output
+        return outputs
 
     async def upscale(self, image: np.ndarray) -> np.ndarray:
         """Upscale ``(H, W, C)`` uint8 (C in 1..4) to ``(H*scale, W*scale, C)`` uint8.

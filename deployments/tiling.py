@@ -1,11 +1,15 @@
 """Cutting an image into fixed-size overlapping tiles and stitching the upscaled tiles back.
 
-Every tile has the same shape, ``(C, tile_size, tile_size)``, so tiles from different requests
-stack into one batch, and memory per forward pass is bounded whatever the image size. Adjacent
-tiles overlap by ``overlap`` pixels; stitching keeps, for each output pixel, the tile whose
-centre is nearest (the cut runs through the middle of each overlap). With ``overlap`` at least
-twice the network's receptive radius, the stitched output equals the output of the whole image.
-Images smaller than a tile are padded by edge replication and the padding is cropped after.
+Every tile of an image has the same shape, ``(C, tile_size, tile_size)`` where the image is at
+least ``tile_size`` pixels each way, so tiles of one image and of concurrent requests stack into
+one batch, and memory per forward pass is bounded whatever the image size. Along an axis shorter
+than ``tile_size`` the tile is as long as the image itself: no padding, so a small image is one
+tile, upscaled exactly as the whole image is (padding would change its borders, which the network
+sees as zero padding in training, and would waste compute). Only an axis shorter than
+``MIN_TILE_SIDE`` is padded, by edge replication, and the padding is cropped after. Adjacent tiles
+overlap by ``overlap`` pixels; stitching keeps, for each output pixel, the tile whose centre is
+nearest (the cut runs through the middle of each overlap). With ``overlap`` at least twice the
+network's receptive radius, the stitched output equals the output of the whole image.
 """
 
 from __future__ import annotations
@@ -15,19 +19,24 @@ from functools import cached_property
 
 import numpy as np
 
+MIN_TILE_SIDE = 8  # pixels; the exported ONNX models take inputs from 8 px on (deployments/sr_onnx.py)
+
 
 def axis_starts(length: int, tile_size: int, overlap: int) -> list[int]:
     """Tile start offsets (pixels) along one axis of ``length >= tile_size`` pixels.
 
-    The last tile is pushed back to end exactly at the edge, so it may overlap more.
+    The last tile is pushed back to end exactly at the edge, so it may overlap more. One tile as
+    long as the axis needs no overlap.
 
     Raises:
-        ValueError: ``overlap`` is not in [0, tile_size), or ``length < tile_size``.
+        ValueError: ``length < tile_size``, or more than one tile and ``overlap`` not in [0, tile_size).
     """
-    if not 0 <= overlap < tile_size:
-        raise ValueError(f"overlap must be in [0, {tile_size}), got {overlap}")
     if length < tile_size:
         raise ValueError(f"length {length} is shorter than the tile size {tile_size}")
+    if length == tile_size:
+        return [0]
+    if not 0 <= overlap < tile_size:
+        raise ValueError(f"overlap must be in [0, {tile_size}), got {overlap}")
     stride = tile_size - overlap
     starts = list(range(0, length - tile_size, stride))
     return starts + [length - tile_size]
@@ -50,7 +59,9 @@ def axis_cuts(starts: list[int], tile_size: int, length: int) -> list[tuple[int,
 class TilePlan:
     """Where the tiles of one ``(height, width)`` image lie; sizes in LR pixels.
 
-    ``padded_height/width`` are at least ``tile_size``; ``height/width`` are the image's own.
+    ``tile_height/width`` are ``tile_size``, or the image's own side where that is shorter (but at
+    least ``MIN_TILE_SIDE``); ``padded_height/width`` are the image's sides, edge-padded to at
+    least ``MIN_TILE_SIDE``; ``height/width`` are the image's own.
     """
 
     height: int
@@ -59,34 +70,44 @@ class TilePlan:
     overlap: int
 
     @property
+    def tile_height(self) -> int:
+        """Height of every tile, pixels."""
+        return min(self.tile_size, max(self.height, MIN_TILE_SIDE))
+
+    @property
+    def tile_width(self) -> int:
+        """Width of every tile, pixels."""
+        return min(self.tile_size, max(self.width, MIN_TILE_SIDE))
+
+    @property
     def padded_height(self) -> int:
         """Height after edge padding to at least one tile, pixels."""
-        return max(self.height, self.tile_size)
+        return max(self.height, self.tile_height)
 
     @property
     def padded_width(self) -> int:
         """Width after edge padding to at least one tile, pixels."""
-        return max(self.width, self.tile_size)
+        return max(self.width, self.tile_width)
 
     @cached_property
     def rows(self) -> list[int]:
         """Tile start offsets along the height, pixels."""
-        return axis_starts(self.padded_height, self.tile_size, self.overlap)
+        return axis_starts(self.padded_height, self.tile_height, self.overlap)
 
     @cached_property
     def cols(self) -> list[int]:
         """Tile start offsets along the width, pixels."""
-        return axis_starts(self.padded_width, self.tile_size, self.overlap)
+        return axis_starts(self.padded_width, self.tile_width, self.overlap)
 
     @cached_property
     def row_cuts(self) -> list[tuple[int, int]]:
         """The rows (``[begin, end)``, pixels) that each tile row contributes."""
-        return axis_cuts(self.rows, self.tile_size, self.padded_height)
+        return axis_cuts(self.rows, self.tile_height, self.padded_height)
 
     @cached_property
     def col_cuts(self) -> list[tuple[int, int]]:
         """The columns (``[begin, end)``, pixels) that each tile column contributes."""
-        return axis_cuts(self.cols, self.tile_size, self.padded_width)
+        return axis_cuts(self.cols, self.tile_width, self.padded_width)
 
     def __len__(self) -> int:
         return len(self.rows) * len(self.cols)
@@ -95,13 +116,15 @@ class TilePlan:
 def split_tiles(image: np.ndarray, tile_size: int, overlap: int) -> tuple[np.ndarray, TilePlan]:
     """Cut ``(H, W, C)`` into tiles.
 
-    Returns ``(N, C, tile_size, tile_size)`` of the image's dtype, in row-major order, and the
+    Returns ``(N, C, tile_height, tile_width)`` of the image's dtype, in row-major order (tile
+    sides: ``tile_size``, or the image's side where it is shorter; :class:`TilePlan`), and the
     plan that :func:`stitch_tiles` needs.
     """
     height, width = image.shape[:2]
     plan = TilePlan(height, width, tile_size, overlap)
     padded = np.pad(image, ((0, plan.padded_height - height), (0, plan.padded_width - width), (0, 0)), mode="edge")
-    tiles = [padded[y : y + tile_size, x : x + tile_size] for y in plan.rows for x in plan.cols]
+    tile_h, tile_w = plan.tile_height, plan.tile_width
+    tiles = [padded[y : y + tile_h, x : x + tile_w] for y in plan.rows for x in plan.cols]
     return np.ascontiguousarray(np.stack(tiles).transpose(0, 3, 1, 2)), plan
 
 
@@ -111,7 +134,7 @@ def new_canvas(plan: TilePlan, scale: int, channels: int, dtype: np.dtype = np.u
 
 
 def paste_tile(canvas: np.ndarray, tile: np.ndarray, index: int, plan: TilePlan, scale: int) -> None:
-    """Write the part of upscaled tile ``index`` (``(C, t*scale, t*scale)``) that it owns.
+    """Write the part of upscaled tile ``index`` (``(C, tile_height*scale, tile_width*scale)``) that it owns.
 
     Tiles may be pasted in any order and as they arrive, so a caller holds only the canvas and
     the tiles in flight, never every upscaled tile at once.
@@ -129,14 +152,14 @@ def crop_canvas(canvas: np.ndarray, plan: TilePlan, scale: int) -> np.ndarray:
 
 
 def stitch_tiles(tiles: np.ndarray, plan: TilePlan, scale: int) -> np.ndarray:
-    """Join upscaled tiles ``(N, C, tile_size*scale, tile_size*scale)`` into ``(H*scale, W*scale, C)``.
+    """Join upscaled tiles ``(N, C, tile_height*scale, tile_width*scale)`` into ``(H*scale, W*scale, C)``.
 
     Raises:
         ValueError: the number or shape of the tiles does not fit the plan.
     """
-    side = plan.tile_size * scale
-    if tiles.shape[0] != len(plan) or tiles.shape[2:] != (side, side):
-        raise ValueError(f"expected {len(plan)} tiles of {side}x{side}, got {tiles.shape}")
+    sides = (plan.tile_height * scale, plan.tile_width * scale)
+    if tiles.shape[0] != len(plan) or tiles.shape[2:] != sides:
+        raise ValueError(f"expected {len(plan)} tiles of {sides[0]}x{sides[1]}, got {tiles.shape}")
     canvas = new_canvas(plan, scale, tiles.shape[1], tiles.dtype)
     for index, tile in enumerate(tiles):
         paste_tile(canvas, tile, index, plan, scale)

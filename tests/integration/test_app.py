@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 from PIL import Image, ImageCms, ImageDraw, ImageFont
+from skimage.metrics import peak_signal_noise_ratio
 
 from serve.errors import Unprocessable, UnknownModel
 from tests.conftest import dataset, synthetic_photo
@@ -174,12 +175,21 @@ def test_superres_applies_exif_orientation_and_keeps_metadata(client):
 
 
 def test_concurrent_requests_all_succeed(client):
-    images = [synthetic_photo(40, 60, seed=i) for i in range(6)]
+    """Concurrent images of different sizes, each smaller than a tile: their tiles (each image's
+    own size) share batches; every result is that image's own upscale."""
+    from deployments.superres import Upscaler
+    from serve.config import BUILTIN_WEIGHTS
+
+    sizes = [(40, 60), (52, 36), (40, 60), (33, 70), (52, 36), (40, 60)]
+    images = [synthetic_photo(h, w, seed=i) for i, (h, w) in enumerate(sizes)]
     with ThreadPoolExecutor(6) as pool:
         responses = list(pool.map(lambda img: upscale(client, png_bytes(img)), images))
+    reference = Upscaler(BUILTIN_WEIGHTS / "srresnet-x4", precision="auto", num_threads=1)  # local.yaml's precision
     for image, response in zip(images, responses):
         assert response.status_code == 200
-        assert np.asarray(open_image(response.content)).shape == (160, 240, 3)
+        served = np.asarray(open_image(response.content))
+        assert served.shape == (4 * image.shape[0], 4 * image.shape[1], 3)
+        assert peak_signal_noise_ratio(reference.upscale(image, 192, 32), served, data_range=255) > 45
 
 
 # ---- OCR ----

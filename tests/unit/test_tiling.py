@@ -28,20 +28,43 @@ def test_axis_starts_rejects_bad_overlap():
         axis_starts(100, 32, 32)
 
 
-@pytest.mark.parametrize("shape", [(50, 70), (7, 5), (64, 64), (130, 97)])
+@pytest.mark.parametrize(
+    "shape,tile_shape", [((50, 70), (32, 32)), ((7, 5), (8, 8)), ((64, 64), (32, 32)), ((130, 97), (32, 32)), ((20, 45), (20, 32))]
+)
 @pytest.mark.parametrize("channels", [1, 3, 4])
-def test_identity_roundtrip(shape, channels):
-    """With scale 1 and unchanged tiles, stitching gives back the image exactly."""
+def test_identity_roundtrip(shape, tile_shape, channels):
+    """With scale 1 and unchanged tiles, stitching gives back the image exactly. A side shorter
+    than the tile makes the tile as short (no padding), but never below 8 px."""
     image = np.random.default_rng(0).integers(0, 256, size=(*shape, channels), dtype=np.uint8)
     tiles, plan = split_tiles(image, tile_size=32, overlap=8)
-    assert tiles.shape[1:] == (channels, 32, 32)
+    assert tiles.shape[1:] == (channels, *tile_shape)
     np.testing.assert_array_equal(stitch_tiles(tiles, plan, scale=1), image)
+
+
+def test_image_smaller_than_a_tile_is_one_unpadded_tile():
+    image = synthetic_photo(30, 50)
+    tiles, plan = split_tiles(image, tile_size=192, overlap=32)
+    assert len(plan) == 1 and plan.padded_height == 30 and plan.padded_width == 50
+    np.testing.assert_array_equal(tiles[0].transpose(1, 2, 0), image)
 
 
 def test_stitch_checks_tile_count():
     tiles, plan = split_tiles(np.zeros((40, 40, 3), np.uint8), 32, 8)
     with pytest.raises(ValueError):
         stitch_tiles(tiles[:-1], plan, scale=1)
+
+
+def test_upscale_of_an_image_smaller_than_a_tile_equals_whole_image():
+    """No padding: the served upscale of a small image is exactly the whole-image upscale."""
+    from deployments.superres import Upscaler
+    from serve.config import BUILTIN_WEIGHTS
+
+    upscaler = Upscaler(BUILTIN_WEIGHTS / "srresnet-x4", num_threads=2)
+    image = synthetic_photo(37, 61)
+    tiled = upscaler.upscale(image, tile_size=192, overlap=32)
+    whole = upscale_whole(upscaler.model, image)
+    assert tiled.shape == (148, 244, 3)
+    assert np.abs(tiled.astype(int) - whole.astype(int)).max() <= 1  # NHWC vs NCHW rounding
 
 
 def test_tiled_upscale_equals_whole_image():
