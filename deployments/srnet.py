@@ -13,6 +13,7 @@ share it, and tests call it without Ray.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -146,6 +147,25 @@ def to_tensor(image: np.ndarray) -> torch.Tensor:
 def to_uint8(batch: torch.Tensor) -> np.ndarray:
     """``(N, 3, H, W)`` float in [0, 1] (clamped here) -> ``(N, H, W, 3)`` uint8, rounded."""
     return batch.float().clamp_(0, 1).mul_(255.0).round_().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def self_ensemble(run: Callable[[torch.Tensor], torch.Tensor], batch: torch.Tensor) -> torch.Tensor:
+    """The x8 geometric self-ensemble of Lim et al. (2017), "EDSR+": the mean of ``run`` over the
+    eight flips and 90-degree rotations of ``batch``, each output turned back.
+
+    ``batch`` is ``(N, 3, h, w)`` float32 in [0, 1]; ``run`` maps any ``(N, 3, a, b)`` to ``(N, 3,
+    a*s, b*s)`` (a fully convolutional network: the turned views are ``(N, 3, w, h)``). Returns
+    ``(N, 3, h*s, w*s)`` float32. Eight forward passes: 8x the compute for +0.07 dB PSNR-Y on the
+    shipped x4 model (README). The result is equivariant to those eight transforms.
+    """
+    total = None
+    for turns in range(4):
+        for flip in (False, True):
+            view = torch.rot90(batch, turns, (2, 3))
+            output = run(view.flip(3) if flip else view).float()
+            output = torch.rot90(output.flip(3) if flip else output, -turns, (2, 3))
+            total = output if total is None else total.add_(output)
+    return total.div_(8)
 
 
 @torch.inference_mode()

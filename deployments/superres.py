@@ -21,7 +21,7 @@ from ray import serve
 
 from deployments.runtime import auto_precision, replica_threads
 from deployments.sr_onnx import OnnxSR, onnx_file
-from deployments.srnet import load_model, to_uint8
+from deployments.srnet import load_model, self_ensemble, to_uint8
 from deployments.tiling import crop_canvas, new_canvas, paste_tile, split_tiles
 from serve.errors import InvalidInput
 
@@ -68,7 +68,8 @@ class Upscaler:
     ``quantize`` none|int8 (onnx), ``device`` cpu|cuda (cuda falls back to CPU with a warning
     where none is present, and float16 then becomes float32), ``precision`` of autocast (``auto``:
     :func:`deployments.runtime.auto_precision`; the onnx backend always runs float32)
-    (torch), ``num_threads`` for torch and ONNX Runtime.
+    (torch), ``num_threads`` for torch and ONNX Runtime, ``ensemble``: average each tile over its
+    eight flips and rotations (:func:`deployments.srnet.self_ensemble`, 8x the compute).
     """
 
     def __init__(
@@ -79,6 +80,7 @@ class Upscaler:
         device: str = "cpu",
         precision: str = "float32",
         num_threads: int = 1,
+        ensemble: bool = False,
     ) -> None:
         torch.set_num_threads(num_threads)
         if device == "cuda" and not torch.cuda.is_available():
@@ -86,7 +88,7 @@ class Upscaler:
             device, precision = "cpu", ("float32" if precision == "float16" else precision)
         if precision == "auto":
             precision = auto_precision(device) if backend == "torch" else "float32"
-        self.folder, self.backend, self.quantize = folder, backend, quantize
+        self.folder, self.backend, self.quantize, self.ensemble = folder, backend, quantize, ensemble
         self.device, self.precision = torch.device(device), precision
         self.model, self.card = load_model(folder, device)
         # NHWC: oneDNN's and cuDNN's fast convolution layout (1.33x over NCHW in fp32 on a 2-core
@@ -100,14 +102,18 @@ class Upscaler:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=_DTYPES[self.precision])
 
+    def _run(self, batch: torch.Tensor) -> torch.Tensor:
+        """One forward pass of the backend: ``(N, 3, h, w)`` float32 -> ``(N, 3, h*s, w*s)``."""
+        if self.onnx is not None:
+            return torch.from_numpy(self.onnx(np.ascontiguousarray(batch.numpy())))
+        with self._autocast():
+            return self.model(batch.to(self.device, memory_format=torch.channels_last))
+
     @torch.inference_mode()
     def forward(self, tiles: np.ndarray) -> np.ndarray:
         """``(N, 3, h, w)`` float32 in [0, 1] -> ``(N, h*s, w*s, 3)`` uint8."""
-        if self.onnx is not None:
-            return to_uint8(torch.from_numpy(self.onnx(tiles)))
-        with self._autocast():
-            output = self.model(torch.from_numpy(tiles).to(self.device, memory_format=torch.channels_last))
-        return to_uint8(output)
+        batch = torch.from_numpy(tiles)
+        return to_uint8(self_ensemble(self._run, batch) if self.ensemble else self._run(batch))
 
     def upscale(self, image: np.ndarray, tile_size: int = 64, overlap: int = 16) -> np.ndarray:
         """Upscale ``(H, W, C)`` uint8 through the serving path's tiles, one tile a pass, without Ray."""
@@ -130,6 +136,7 @@ class Upscaler:
             "providers": self.onnx.providers if self.onnx is not None else None,
             "device": self.device.type,
             "precision": self.precision,
+            "ensemble": self.ensemble,
         }
 
 
@@ -168,7 +175,7 @@ class SuperResolution:
     Args (from the app config's variant, ``serve/config.py``): ``variant`` name, ``weights``
     folder, ``tile_size`` and ``overlap`` in LR pixels, ``max_batch_size`` tiles per forward
     pass, ``batch_wait_timeout_s`` seconds, ``num_threads`` (default: the replica's CPUs), and
-    the :class:`Upscaler` options ``backend``, ``quantize``, ``device``, ``precision``.
+    the :class:`Upscaler` options ``backend``, ``quantize``, ``device``, ``precision``, ``ensemble``.
     """
 
     def __init__(

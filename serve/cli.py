@@ -102,6 +102,7 @@ def eval_superres(
     compare: Optional[Path] = typer.Option(None, help="write LR | bicubic | model | HR images into this folder"),
     tile_size: int = typer.Option(192, help="LR tile side, pixels (the serving path; local.yaml's)"),
     overlap: int = typer.Option(32, help="tile overlap, LR pixels"),
+    ensemble: bool = typer.Option(False, help="x8 self-ensemble: average over flips and rotations (8x slower)"),
 ) -> None:
     """PSNR/SSIM on Y (border = scale px cropped) of a model and of bicubic, per image and mean."""
     from rich.table import Table
@@ -111,14 +112,15 @@ def eval_superres(
     from train.sr_data import list_images, load_pairs
     from train.srgan.evaluate import evaluate_images, mean_row, write_comparisons
 
-    upscaler = Upscaler(model, num_threads=os.cpu_count() or 1)
+    upscaler = Upscaler(model, num_threads=os.cpu_count() or 1, ensemble=ensemble)
     if scale is not None and scale != upscaler.scale:
         raise typer.BadParameter(f"the model upscales x{upscaler.scale}, not x{scale}", param_hint="--scale")
     paths = list_images([data])
     pairs = load_pairs(paths, upscaler.scale)
     upscale = lambda lr: upscaler.upscale(lr, tile_size, overlap)  # noqa: E731
     rows = evaluate_images(upscale, pairs, upscaler.scale)
-    table = Table(title=f"{upscaler.card.name} x{upscaler.scale} on {data} (Y, border {upscaler.scale} px)")
+    title = f"{upscaler.card.name}{' (x8 self-ensemble)' if ensemble else ''} x{upscaler.scale} on {data}"
+    table = Table(title=f"{title} (Y, border {upscaler.scale} px)")
     for column in ("image", "PSNR-Y dB", "bicubic", "gain", "SSIM-Y", "bicubic"):
         table.add_column(column, justify="left" if column == "image" else "right")
     for name, row in [*zip((p.name for p in paths), rows), ("mean", mean_row(rows))]:

@@ -2,8 +2,8 @@
 
 The app is deployed from ``serve/configs/local.yaml`` exactly as ``pixelfleet up`` deploys it,
 on a free port, with the request limits lowered so that the 413 paths are cheap to reach, and
-one variant more: the shipped x4 model on the ONNX Runtime backend (``ONNX_VARIANT``), exported
-when its replica starts.
+two variants more: the shipped x4 model on the ONNX Runtime backend (``ONNX_VARIANT``), exported
+when its replica starts, and the same model with the x8 self-ensemble (``ENSEMBLE_VARIANT``).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ MAX_BODY_BYTES = 2 * 1024 * 1024
 MAX_PIXELS = 4_000_000
 MAX_OUTPUT_PIXELS = 1_000_000
 ONNX_VARIANT = "srresnet-x4-onnx"
+ENSEMBLE_VARIANT = "srresnet-x4-ensemble"
 
 
 def _free_port() -> int:
@@ -45,8 +46,12 @@ def app_url() -> Iterator[str]:
     app.args["superres"]["variants"][ONNX_VARIANT] = {
         "weights": "builtin:srresnet-x4", "backend": "onnx", "tile_size": 64, "overlap": 16, "max_batch_size": 2, "num_threads": 1,
     }  # fmt: skip
-    # local.yaml hands out both CPUs; this extra replica reserves none (it is idle but for its tests)
-    app.deployments.append(DeploymentSchema(name=f"superres-{ONNX_VARIANT}", num_replicas=1, ray_actor_options={"num_cpus": 0}))
+    app.args["superres"]["variants"][ENSEMBLE_VARIANT] = {
+        "weights": "builtin:srresnet-x4", "ensemble": True, "tile_size": 64, "overlap": 16, "max_batch_size": 2, "num_threads": 1,
+    }  # fmt: skip
+    # local.yaml hands out both CPUs; these extra replicas reserve none (they are idle but for their tests)
+    for variant in (ONNX_VARIANT, ENSEMBLE_VARIANT):
+        app.deployments.append(DeploymentSchema(name=f"superres-{variant}", num_replicas=1, ray_actor_options={"num_cpus": 0}))
     try:
         yield start_local(schema, timeout_s=600)
     finally:

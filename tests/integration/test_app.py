@@ -12,7 +12,7 @@ from skimage.metrics import peak_signal_noise_ratio
 
 from serve.errors import Unprocessable, UnknownModel
 from tests.conftest import dataset, synthetic_photo
-from tests.integration.conftest import MAX_BODY_BYTES, ONNX_VARIANT, open_image, png_bytes
+from tests.integration.conftest import ENSEMBLE_VARIANT, MAX_BODY_BYTES, ONNX_VARIANT, open_image, png_bytes
 from train.metrics import character_error_rate, psnr_y
 from train.sr_data import crop_to_multiple, load_rgb, make_lr
 from train.srgan.evaluate import bicubic_upscale
@@ -39,7 +39,7 @@ def test_health_and_readiness(client):
     assert ready.status_code == 200
     assert ready.json()["variants"] == {
         "superres/srresnet-x4": True, "superres/srresnet-x2": True, "superres/srgan-x4": True, f"superres/{ONNX_VARIANT}": True,
-        "ocr/rapidocr": True, "ocr/tesseract": True,
+        f"superres/{ENSEMBLE_VARIANT}": True, "ocr/rapidocr": True, "ocr/tesseract": True,
     }  # fmt: skip
 
 
@@ -94,6 +94,25 @@ def test_onnx_backend_variant_agrees_with_torch(client):
     assert np.abs(served - reference.astype(int)).max() <= 1
     card = client.get("/v1/models").json()["families"]["superres"]["variants"][ONNX_VARIANT]
     assert card["backend"] == "onnx" and card["providers"] == ["CPUExecutionProvider"] and card["precision"] == "float32"
+
+
+def test_self_ensemble_variant_serves_the_averaged_upscale(client):
+    """A variant with ``ensemble: true``: the served image is the x8 self-ensemble of the model
+    (what the Upscaler computes on the same tiles), not its single pass, and the card says so."""
+    from deployments.superres import Upscaler
+    from serve.config import BUILTIN_WEIGHTS
+
+    lr = synthetic_photo(70, 90, seed=5)
+    response = upscale(client, png_bytes(lr), model=ENSEMBLE_VARIANT)
+    assert response.status_code == 200, response.text
+    assert response.headers["x-pixelfleet-variant"] == f"superres/{ENSEMBLE_VARIANT}"
+    served = np.asarray(open_image(response.content)).astype(int)
+    folder = BUILTIN_WEIGHTS / "srresnet-x4"
+    ensembled = Upscaler(folder, num_threads=1, ensemble=True).upscale(lr, tile_size=64, overlap=16)
+    single = Upscaler(folder, num_threads=1).upscale(lr, tile_size=64, overlap=16)
+    assert np.abs(served - ensembled.astype(int)).max() <= 1
+    assert np.abs(served - single.astype(int)).max() > 1
+    assert client.get("/v1/models").json()["families"]["superres"]["variants"][ENSEMBLE_VARIANT]["ensemble"] is True
 
 
 def test_gan_variant_upscales_a_real_photo(client):
