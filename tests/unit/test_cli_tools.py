@@ -27,6 +27,18 @@ def test_eval_superres_prints_model_and_bicubic_and_writes_comparisons(tmp_path)
     assert side.size == (4 * 80, 64)  # LR | bicubic | model | HR, each 80x64
 
 
+def test_eval_superres_with_the_self_ensemble(tmp_path):
+    data = tmp_path / "hr"
+    data.mkdir()
+    Image.fromarray(synthetic_photo(64, 80, seed=7)).save(data / "img.png")
+    args = ["eval", "superres", "--model", str(BUILTIN_WEIGHTS / "srresnet-x4"), "--data", str(data)]
+    single, ensembled = runner.invoke(app, args), runner.invoke(app, [*args, "--ensemble"])
+    assert single.exit_code == 0 and ensembled.exit_code == 0, ensembled.output
+    assert "self-ensemble" in ensembled.output and "self-ensemble" not in single.output
+    mean_row = lambda output: next(line for line in output.splitlines() if "mean" in line)  # noqa: E731
+    assert mean_row(single.output) != mean_row(ensembled.output)  # a different upscale, other figures
+
+
 def test_eval_superres_refuses_a_scale_the_model_does_not_have(tmp_path):
     result = runner.invoke(app, ["eval", "superres", "--model", str(BUILTIN_WEIGHTS / "srresnet-x4"), "--data", str(tmp_path), "--scale", "2"])
     assert result.exit_code != 0 and "x4" in result.output
