@@ -77,19 +77,45 @@ def load_pairs(paths: list[Path], scale: int) -> list[PairedImage]:
     return pairs
 
 
-def random_patch_pairs(hr_image: np.ndarray, scale: int, hr_patch: int, count: int, rng: np.random.Generator) -> list[dict[str, np.ndarray]]:
+def random_rescale(hr_image: np.ndarray, rescale: tuple[float, float], rng: np.random.Generator) -> np.ndarray:
+    """Shrink an HR image by a factor drawn uniformly from ``rescale`` = (low, high), both in (0, 1].
+
+    The scale augmentation of VDSR (Kim et al. 2016) and LapSRN (Lai et al. 2017), which train on
+    the same T91 + BSD200 images: a photo downscaled (Pillow bicubic, antialiased) is a new HR
+    image with the same content at another size, so a small training set shows more textures at
+    more sizes. ``(H, W, 3)`` uint8 in, ``(round(H*f), round(W*f), 3)`` uint8 out; ``(1, 1)``
+    returns the image itself.
+    """
+    factor = float(rng.uniform(*rescale)) if rescale[0] < rescale[1] else rescale[0]
+    if factor == 1.0:
+        return hr_image
+    height, width = hr_image.shape[:2]
+    return bicubic_resize(hr_image, (max(1, round(width * factor)), max(1, round(height * factor))))
+
+
+def random_patch_pairs(
+    hr_image: np.ndarray,
+    scale: int,
+    hr_patch: int,
+    count: int,
+    rng: np.random.Generator,
+    rescale: tuple[float, float] = (1.0, 1.0),
+) -> list[dict[str, np.ndarray]]:
     """Cut ``count`` random HR patches from one image and make each one's bicubic LR on the fly.
 
-    Each patch is flipped left-right with probability 1/2 and turned by a random multiple of 90
-    degrees (the augmentations of EDSR/SRGAN training). ``hr_image`` is ``(H, W, 3)`` uint8 RGB;
-    each result holds ``hr`` ``(p, p, 3)`` and ``lr`` ``(p/s, p/s, 3)``, uint8, with ``p`` =
-    ``hr_patch`` pixels and ``s`` the scale factor. An image smaller than the patch gives none.
+    The image is first shrunk by a random factor in ``rescale`` (:func:`random_rescale`; the
+    default ``(1, 1)`` keeps it as it is). Each patch is flipped left-right with probability 1/2
+    and turned by a random multiple of 90 degrees (the augmentations of EDSR/SRGAN training).
+    ``hr_image`` is ``(H, W, 3)`` uint8 RGB; each result holds ``hr`` ``(p, p, 3)`` and ``lr``
+    ``(p/s, p/s, 3)``, uint8, with ``p`` = ``hr_patch`` pixels and ``s`` the scale factor. An
+    image smaller than the patch (after the shrink) gives none.
 
     Raises:
         ValueError: ``hr_patch`` is not a multiple of ``scale``.
     """
     if hr_patch % scale:
         raise ValueError(f"hr_patch {hr_patch} is not a multiple of scale {scale}")
+    hr_image = random_rescale(hr_image, rescale, rng)
     height, width = hr_image.shape[:2]
     if min(height, width) < hr_patch:
         return []
@@ -104,11 +130,14 @@ def random_patch_pairs(hr_image: np.ndarray, scale: int, hr_patch: int, count: i
     return pairs
 
 
-def patch_dataset(folders: list[Path], scale: int, hr_patch: int, patches_per_image: int) -> "ray.data.Dataset":
+def patch_dataset(
+    folders: list[Path], scale: int, hr_patch: int, patches_per_image: int, rescale: tuple[float, float] = (1.0, 1.0)
+) -> "ray.data.Dataset":
     """A Ray Data pipeline of random (LR, HR) patch pairs: ``patches_per_image`` from each image.
 
     The images are read and decoded once (``ray.data.read_images``, materialized in the object
-    store); the crops, flips, rotations and bicubic LR are drawn anew each time the dataset is
+    store); the shrink by a factor in ``rescale``, the crops, flips, rotations and bicubic LR
+    (:func:`random_patch_pairs`) are drawn anew each time the dataset is
     iterated, so every epoch sees fresh patches. Rows: ``{"lr": (p/s, p/s, 3) uint8, "hr": (p,
     p, 3) uint8}``. Ray Train splits it among the workers (``get_dataset_shard("train")``).
 
@@ -121,7 +150,7 @@ def patch_dataset(folders: list[Path], scale: int, hr_patch: int, patches_per_im
     images = ray.data.read_images(paths, mode="RGB").materialize()
 
     def cut(row: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
-        return random_patch_pairs(row["image"], scale, hr_patch, patches_per_image, np.random.default_rng())
+        return random_patch_pairs(row["image"], scale, hr_patch, patches_per_image, np.random.default_rng(), rescale)
 
     return images.flat_map(cut, num_cpus=0.25)
 

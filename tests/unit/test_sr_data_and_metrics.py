@@ -7,7 +7,7 @@ import pytest
 
 from tests.conftest import synthetic_photo
 from train.metrics import character_error_rate, levenshtein, psnr_y, rgb_to_y, ssim_y
-from train.sr_data import crop_to_multiple, list_images, make_lr, random_patch_pairs, to_nchw_float
+from train.sr_data import bicubic_resize, crop_to_multiple, list_images, make_lr, random_patch_pairs, random_rescale, to_nchw_float
 
 
 def test_crop_and_lr_sizes():
@@ -47,6 +47,30 @@ def test_patches_augment_and_skip_small_images():
     assert random_patch_pairs(synthetic_photo(20, 64), 2, 32, 4, np.random.default_rng(0)) == []
     with pytest.raises(ValueError):
         random_patch_pairs(image, 4, 30, 1, np.random.default_rng(0))
+
+
+def test_rescale_shrinks_by_factors_in_the_range():
+    """Scale augmentation: sizes follow the drawn factors, cover the range, and the shrunk image is
+    Pillow's bicubic downscale of the photo (same content, not a crop)."""
+    image = synthetic_photo(200, 300)
+    rng = np.random.default_rng(0)
+    heights = [random_rescale(image, (0.5, 1.0), rng).shape[0] for _ in range(200)]
+    assert 100 <= min(heights) < 110 and 190 < max(heights) <= 200
+    shrunk = random_rescale(image, (0.5, 0.5), rng)
+    assert shrunk.shape == (100, 150, 3) and shrunk.dtype == np.uint8
+    np.testing.assert_array_equal(shrunk, bicubic_resize(image, (150, 100)))
+    assert random_rescale(image, (1.0, 1.0), rng) is image
+
+
+def test_patches_after_rescale_are_aligned_and_skip_what_became_too_small():
+    image = synthetic_photo(100, 100)
+    pairs = random_patch_pairs(image, 4, 48, 6, np.random.default_rng(2), rescale=(0.6, 0.9))
+    assert len(pairs) == 6
+    for pair in pairs:
+        assert pair["hr"].shape == (48, 48, 3)
+        np.testing.assert_array_equal(pair["lr"], make_lr(pair["hr"], 4))
+    # scale 1 would find the 48 px patches; shrunk to 40 px the image gives none
+    assert random_patch_pairs(image, 4, 48, 6, np.random.default_rng(2), rescale=(0.4, 0.4)) == []
 
 
 def test_to_nchw_float():

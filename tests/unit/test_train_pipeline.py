@@ -63,6 +63,9 @@ def test_overrides_beat_the_file(tmp_path):
         ({"phase": "gan"}, "init_from"),  # gan needs a generator to start from
         ({"precision": "int4"}, "precision"),
         ({"optim.luma_weight": 1.5}, "luma_weight"),
+        ({"data.hr_rescale": [0.0, 1.0]}, "hr_rescale"),  # a factor of 0
+        ({"data.hr_rescale": [0.9, 0.7]}, "hr_rescale"),  # low above high
+        ({"data.hr_rescale": [0.5, 1.5]}, "hr_rescale"),  # enlarging is not a new HR photo
         ({"name": "../escape"}, "name"),
     ],
 )

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from deployments.modelcard import SRArchitecture
 
@@ -31,7 +31,20 @@ class DataConfig(_Strict):
     val: Path = Field(description="folder of HR validation images (whole images, rank 0)")
     hr_patch: int = Field(96, ge=8, description="HR patch side in pixels; a multiple of the scale")
     patches_per_image: int = Field(16, ge=1, description="random patches cut from each image per epoch")
+    hr_rescale: tuple[float, float] = Field(
+        (1.0, 1.0),
+        description="scale augmentation (VDSR, LapSRN): each epoch shrinks each HR image by a factor drawn "
+        "uniformly from [low, high], 0 < low <= high <= 1, before patches are cut; (1, 1) is off",
+    )
     shuffle_buffer: int = Field(1024, ge=0, description="patches in each worker's local shuffle buffer")
+
+    @field_validator("hr_rescale")
+    @classmethod
+    def _rescale_range(cls, rescale: tuple[float, float]) -> tuple[float, float]:
+        low, high = rescale
+        if not 0 < low <= high <= 1:
+            raise ValueError(f"hr_rescale must be [low, high] with 0 < low <= high <= 1, got {list(rescale)}")
+        return rescale
 
 
 class OptimConfig(_Strict):

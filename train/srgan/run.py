@@ -108,7 +108,9 @@ def run(cfg: SRTrainConfig, command: str, resume: bool = False) -> ModelCard:
     worker_cfg = cfg.resolved()
     worker_cfg.run_dir.mkdir(parents=True, exist_ok=True)
     (worker_cfg.run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
-    dataset = patch_dataset(worker_cfg.data.train, cfg.architecture.scale, cfg.data.hr_patch, cfg.data.patches_per_image)
+    dataset = patch_dataset(
+        worker_cfg.data.train, cfg.architecture.scale, cfg.data.hr_patch, cfg.data.patches_per_image, cfg.data.hr_rescale
+    )
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=worker_cfg.model_dump(mode="json"),
