@@ -5,7 +5,13 @@ tiling (``upscale_tiled``), one tile per forward pass as a lone request gets, wi
 Prints seconds per upscale (best of ``--repeats``), the speed-up over the first setting (all in
 the same run), and how far each output is from whole-image fp32 inference (largest difference
 in 8-bit levels, and PSNR): tile seams would show there. The input is a real photo when
-``--image`` is given (cropped to the size), else noise. Usage:
+``--image`` is given (cropped to the size), else noise.
+
+Each row also gives the compute floor: the multiply-accumulates (MAC) of every convolution over
+all tiles, divided by the rate this CPU sustains on one 3x3, 48-channel convolution (channels_last,
+same threads and precision), i.e. the fastest the upscale could run here if every layer ran at
+that rate. A time near its floor can only drop with a faster CPU (AMX bf16, a GPU) or a smaller
+network. Usage:
 
     python bench/superres_latency.py [--model DIR] [--image FILE] [--size 512] [--repeats 3] [--threads 2]
 """
@@ -24,9 +30,50 @@ from skimage.metrics import peak_signal_noise_ratio
 from deployments.runtime import cpu_has_native_bf16
 from deployments.srnet import load_model, upscale_whole
 from deployments.superres import Upscaler
+from deployments.tiling import TilePlan
 from serve.config import BUILTIN_WEIGHTS
 
 SETTINGS = [(64, 16, "float32"), (128, 32, "float32"), (192, 32, "float32"), (256, 32, "float32"), (128, 32, "bfloat16"), (192, 32, "bfloat16")]
+
+
+def conv_macs(model: torch.nn.Module, height: int, width: int) -> int:
+    """Multiply-accumulates of every ``Conv2d`` in one forward pass of a ``(1, 3, height, width)`` input.
+
+    Counted as output elements x (input channels / groups) x kernel area; bias, activations,
+    pixel shuffle and the bicubic skip are left out (under 1% of the total for SRResNet).
+    """
+    total = 0
+
+    def count(module: torch.nn.Conv2d, _inputs: tuple, output: torch.Tensor) -> None:
+        nonlocal total
+        kernel_area = module.kernel_size[0] * module.kernel_size[1]
+        total += output.numel() * (module.in_channels // module.groups) * kernel_area
+
+    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    with torch.inference_mode():
+        model(torch.zeros(1, 3, height, width))
+    for hook in hooks:
+        hook.remove()
+    return total
+
+
+def sustained_conv_rate(precision: str, side: int = 192, channels: int = 48, repeats: int = 10) -> float:
+    """MAC per second that this CPU sustains on one ``channels`` -> ``channels`` 3x3 convolution.
+
+    Input ``(1, channels, side, side)`` float32, channels_last, under autocast for ``bfloat16``;
+    best of ``repeats`` passes, with torch's current thread count.
+    """
+    conv = torch.nn.Conv2d(channels, channels, 3, padding=1).eval().to(memory_format=torch.channels_last)
+    features = torch.rand(1, channels, side, side).to(memory_format=torch.channels_last)
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bfloat16")
+    best = float("inf")
+    with torch.inference_mode(), autocast:
+        conv(features)  # warm-up: oneDNN picks and compiles its kernel
+        for _ in range(repeats):
+            started = time.perf_counter()
+            conv(features)
+            best = min(best, time.perf_counter() - started)
+    return 9 * channels * channels * side * side / best
 
 
 def main() -> None:
@@ -44,11 +91,17 @@ def main() -> None:
     else:
         image = np.random.default_rng(0).integers(0, 256, size=(args.size, args.size, 3), dtype=np.uint8)
     torch.set_num_threads(args.threads)
-    whole = upscale_whole(load_model(args.model)[0], image).astype(int)
+    model = load_model(args.model)[0]
+    whole = upscale_whole(model, image).astype(int)
     baseline = None
     settings = SETTINGS if cpu_has_native_bf16() else [row for row in SETTINGS if row[2] != "bfloat16"]
     if len(settings) < len(SETTINGS):
         print("no native bf16 on this CPU: bfloat16 rows skipped (emulated, many times slower)")
+    rates = {precision: sustained_conv_rate(precision) for precision in {row[2] for row in settings}}
+    for precision, rate in rates.items():
+        print(f"sustained 3x3 48-channel conv, {precision}, {args.threads} threads: {rate / 1e9:.1f} GMAC/s")
+    whole_macs = conv_macs(model, args.size, args.size)
+    print(f"whole image in one pass: {whole_macs / 1e9:.0f} GMAC, compute floor {whole_macs / rates['float32']:.2f} s in float32")
     for tile, overlap, precision in settings:
         upscaler = Upscaler(args.model, precision=precision, num_threads=args.threads)
         upscaler.upscale(image[:tile, :tile], tile, overlap)  # warm-up
@@ -62,9 +115,13 @@ def main() -> None:
         largest = np.abs(output.astype(int) - whole).max()
         psnr = peak_signal_noise_ratio(whole.astype(np.uint8), output, data_range=255)
         side = args.size * upscaler.scale
+        plan = TilePlan(args.size, args.size, tile, overlap)
+        macs = len(plan) * conv_macs(model, plan.tile_height, plan.tile_width)
+        floor = macs / rates[precision]
         print(
             f"{upscaler.card.name} {args.size}->{side} tile {tile:3d} overlap {overlap:2d} {precision:8s}: {best:5.2f} s, "
-            f"x{baseline / best:.2f} vs baseline; vs whole-image fp32: max {largest} levels, {psnr:.1f} dB",
+            f"x{baseline / best:.2f} vs baseline; vs whole-image fp32: max {largest} levels, {psnr:.1f} dB; "
+            f"{macs / 1e9:.0f} GMAC in {len(plan)} tiles, compute floor {floor:.2f} s ({floor / best:.0%} of it reached)",
             flush=True,
         )
 
