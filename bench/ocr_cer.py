@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from deployments.ocr import ENGINES, build_engine, to_result
+from deployments.ocr_engines import ENGINES, build_engine
+from deployments.ocr_lines import to_result
 from train.metrics import character_error_rate
 
 # RapidOCR settings compared by --sweep-rapidocr: the package default, then limit type "max"

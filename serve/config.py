@@ -72,7 +72,7 @@ class SuperResVariant(_Strict):
 
 
 class OCRVariant(_Strict):
-    """One OCR variant: an engine and its options (see ``deployments/ocr.py``)."""
+    """One OCR variant: an engine and its options (see ``deployments/ocr_engines.py``)."""
 
     engine: Literal["rapidocr", "tesseract"]
     options: dict = Field(default_factory=dict)

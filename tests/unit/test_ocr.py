@@ -12,16 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from deployments.ocr import (
-    OCR,
-    OCRLine,
-    OCRResult,
-    build_engine,
-    check_image,
-    reading_order,
-    render_text,
-    to_result,
-)
+from deployments.ocr import OCR
+from deployments.ocr_engines import build_engine
+from deployments.ocr_lines import OCRLine, OCRResult, check_image, reading_order, render_text, to_result
 from serve.errors import InvalidInput
 from train.metrics import character_error_rate, normalize_text
 
