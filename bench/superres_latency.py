@@ -8,10 +8,10 @@ in 8-bit levels, and PSNR): tile seams would show there. The input is a real pho
 ``--image`` is given (cropped to the size), else noise.
 
 Each row also gives the compute floor: the multiply-accumulates (MAC) of every convolution over
-all tiles, divided by the rate this CPU sustains on one 3x3, 48-channel convolution (channels_last,
-same threads and precision), i.e. the fastest the upscale could run here if every layer ran at
-that rate. A time near its floor can only drop with a faster CPU (AMX bf16, a GPU) or a smaller
-network. Usage:
+all tiles, divided by the rate this CPU sustains on one 3x3 convolution as wide as the model's
+trunk (channels_last, same threads and precision): the fastest the upscale could run here if every
+layer ran at that rate. A time near its floor can only drop with a faster CPU (AMX bf16, a GPU) or
+a smaller network. Usage:
 
     python bench/superres_latency.py [--model DIR] [--image FILE] [--size 512] [--repeats 3] [--threads 2]
 """
@@ -91,15 +91,16 @@ def main() -> None:
     else:
         image = np.random.default_rng(0).integers(0, 256, size=(args.size, args.size, 3), dtype=np.uint8)
     torch.set_num_threads(args.threads)
-    model = load_model(args.model)[0]
+    model, card = load_model(args.model)
+    channels = card.architecture.channels
     whole = upscale_whole(model, image).astype(int)
     baseline = None
     settings = SETTINGS if cpu_has_native_bf16() else [row for row in SETTINGS if row[2] != "bfloat16"]
     if len(settings) < len(SETTINGS):
         print("no native bf16 on this CPU: bfloat16 rows skipped (emulated, many times slower)")
-    rates = {precision: sustained_conv_rate(precision) for precision in {row[2] for row in settings}}
+    rates = {precision: sustained_conv_rate(precision, channels=channels) for precision in {row[2] for row in settings}}
     for precision, rate in rates.items():
-        print(f"sustained 3x3 48-channel conv, {precision}, {args.threads} threads: {rate / 1e9:.1f} GMAC/s")
+        print(f"sustained 3x3 {channels}-channel conv, {precision}, {args.threads} threads: {rate / 1e9:.1f} GMAC/s")
     whole_macs = conv_macs(model, args.size, args.size)
     print(f"whole image in one pass: {whole_macs / 1e9:.0f} GMAC, compute floor {whole_macs / rates['float32']:.2f} s in float32")
     for tile, overlap, precision in settings:
