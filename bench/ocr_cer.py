@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from deployments.ocr_engines import ENGINES, build_engine
-from deployments.ocr_lines import to_result
-from train.metrics import character_error_rate
+from pixelfleet.deployments.ocr.engines import ENGINES, build_engine
+from pixelfleet.deployments.ocr.lines import to_result
+from pixelfleet.models.metrics import character_error_rate
 
 # RapidOCR settings compared by --sweep-rapidocr: the package default, then limit type "max"
 # with RapidOCR's own side rule (None) and pinned side lengths, in pixels.

@@ -25,11 +25,11 @@ import numpy as np
 import torch
 from skimage.metrics import peak_signal_noise_ratio
 
-from deployments.runtime import cpu_has_native_bf16
-from deployments.sr_onnx import OnnxSR, export_onnx
-from deployments.srnet import load_model, to_uint8
-from deployments.tiling import split_tiles, stitch_tiles
-from serve.config import BUILTIN_WEIGHTS
+from pixelfleet.models.runtime import cpu_has_native_bf16
+from pixelfleet.models.sr_onnx import OnnxSR, export_onnx
+from pixelfleet.models.srnet import load_model, to_uint8
+from pixelfleet.deployments.superres.tiling import split_tiles, stitch_tiles
+from pixelfleet.models.modelcard import BUILTIN_WEIGHTS
 
 Forward = Callable[[np.ndarray], np.ndarray]  # (N, 3, t, t) float32 -> (N, 3, t*s, t*s) float
 

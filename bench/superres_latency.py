@@ -27,11 +27,11 @@ import torch
 from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio
 
-from deployments.runtime import cpu_has_native_bf16
-from deployments.srnet import load_model, upscale_whole
-from deployments.superres import Upscaler
-from deployments.tiling import TilePlan
-from serve.config import BUILTIN_WEIGHTS
+from pixelfleet.models.runtime import cpu_has_native_bf16
+from pixelfleet.models.srnet import load_model, upscale_whole
+from pixelfleet.deployments.superres.upscaler import Upscaler
+from pixelfleet.deployments.superres.tiling import TilePlan
+from pixelfleet.models.modelcard import BUILTIN_WEIGHTS
 
 SETTINGS = [(64, 16, "float32"), (128, 32, "float32"), (192, 32, "float32"), (256, 32, "float32"), (128, 32, "bfloat16"), (192, 32, "bfloat16")]
 

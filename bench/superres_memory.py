@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from deployments.superres import Upscaler, upscale_tiled
-from serve.config import BUILTIN_WEIGHTS
+from pixelfleet.deployments.superres.upscaler import Upscaler, upscale_tiled
+from pixelfleet.models.modelcard import BUILTIN_WEIGHTS
 
 MIB = 1024 * 1024
 

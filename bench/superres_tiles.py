@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from deployments.srnet import load_model, to_uint8
-from deployments.tiling import split_tiles, stitch_tiles
-from serve.config import BUILTIN_WEIGHTS
+from pixelfleet.models.srnet import load_model, to_uint8
+from pixelfleet.deployments.superres.tiling import split_tiles, stitch_tiles
+from pixelfleet.models.modelcard import BUILTIN_WEIGHTS
 
 SETTINGS = [(128, 32, 1), (128, 32, 8), (64, 16, 1), (64, 16, 2), (64, 16, 4), (64, 16, 8), (96, 24, 4), (256, 32, 2)]  # tile, overlap, batch
 

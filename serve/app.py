@@ -1,10 +1,13 @@
 """The application graph, built from the validated config and nothing else.
 
-``import_path: serve.app:build_app`` in ``serve/configs/*.yaml``; the config's ``args``
-validate into :class:`~serve.config.AppConfig` first, so a bad config fails the deploy with
-pydantic's message. Every
-variant of a family is its own deployment, named ``<family>-<variant>``, so the Serve config's
-``deployments`` list can give it its own replicas and resources.
+``import_path: pixelfleet.serve.app:build_app`` in ``serve/configs/*.yaml``; the config's
+``args`` validate into :class:`~pixelfleet.serve.config.AppConfig` first, so a bad config fails
+the deploy with pydantic's message. Every variant of every family is its own deployment, named
+``<family>-<variant>``, so the Serve config's ``deployments`` list can give it its own replicas
+and resources::
+
+    Ingress --> superres-srresnet-x4, superres-srresnet-x2, ...   (one per variant)
+            --> ocr-tesseract, ocr-rapidocr, ...
 """
 
 from __future__ import annotations
@@ -13,25 +16,29 @@ import os
 
 from ray.serve import Application
 
-from deployments.ocr import OCR
-from deployments.superres import SuperResolution
-from serve.config import AppConfig
-from serve.ingress import Ingress
+from pixelfleet.deployments.spec import Limits, load_spec
+from pixelfleet.serve.config import AppConfig
+from pixelfleet.serve.ingress import Ingress
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def build_app(args: dict) -> Application:
-    """Ingress -> {SuperResolution[variant]}, {OCR[variant]}; ``args`` as in :class:`AppConfig`."""
+    """Ingress -> one deployment per variant of every family; ``args`` as in :class:`AppConfig`."""
     config = AppConfig.model_validate(args)
-    superres = {
-        name: SuperResolution.options(name=f"superres-{name}").bind(
-            variant=name, weights=str(variant.weights_path()), **variant.model_dump(exclude={"weights"})
-        )
-        for name, variant in config.superres.variants.items()
+    variants = {
+        family: {name: config.spec(family).bind_variant(family, name, variant, config.limits) for name, variant in block.variants.items()}
+        for family, block in config.families.items()
     }
-    ocr = {
-        name: OCR.options(name=f"ocr-{name}").bind(variant=name, **variant.model_dump())
-        for name, variant in config.ocr.variants.items()
-    }
-    return Ingress.bind(config=config.model_dump(mode="json"), superres=superres, ocr=ocr)
+    return Ingress.bind(config=config.model_dump(mode="json"), variants=variants)
+
+
+def build_variant_app(args: dict) -> Application:
+    """One variant added at run time, as an application of its own (``serve/variants.py``).
+
+    ``args``: ``family``, ``kind`` (the plug-in), ``variant``, ``config`` (the variant's block),
+    ``limits``.
+    """
+    spec = load_spec(args["kind"])
+    block = spec.config.model_validate({"default": args["variant"], "variants": {args["variant"]: args["config"]}})
+    return spec.bind_variant(args["family"], args["variant"], block.variants[args["variant"]], Limits.model_validate(args.get("limits", {})))

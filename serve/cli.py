@@ -71,8 +71,8 @@ def train_srgan(
     """Train an SRResNet (phase psnr) or SRGAN (phase gan) generator with Ray Train and write a servable model folder."""
     from pydantic import ValidationError
 
-    from train.srgan.config import load_config, parse_assignment
-    from train.srgan.run import RunStateError, run
+    from pixelfleet.train.srgan.config import load_config, parse_assignment
+    from pixelfleet.train.srgan.run import RunStateError, run
 
     given = dict(locals())
     flags = {k: v for k, v in given.items() if k in TRAIN_FLAGS and v is not None}
@@ -107,10 +107,10 @@ def eval_superres(
     """PSNR/SSIM on Y (border = scale px cropped) of a model and of bicubic, per image and mean."""
     from rich.table import Table
 
-    from deployments.superres import Upscaler
-    from serve.runner import console
-    from train.sr_data import list_images, load_pairs
-    from train.srgan.evaluate import evaluate_images, mean_row, write_comparisons
+    from pixelfleet.deployments.superres.upscaler import Upscaler
+    from pixelfleet.serve.runner import console
+    from pixelfleet.train.sr_data import list_images, load_pairs
+    from pixelfleet.train.srgan.evaluate import evaluate_images, mean_row, write_comparisons
 
     upscaler = Upscaler(model, num_threads=os.cpu_count() or 1, ensemble=ensemble)
     if scale is not None and scale != upscaler.scale:
@@ -139,9 +139,9 @@ def models_list(
     """Model folders (model.json + weights): the built-in ones and those below --folder."""
     from pydantic import ValidationError
 
-    from deployments.modelcard import ModelCard
-    from serve.config import BUILTIN_PREFIX, BUILTIN_WEIGHTS
-    from serve.runner import console
+    from pixelfleet.models.modelcard import ModelCard
+    from pixelfleet.models.modelcard import BUILTIN_PREFIX, BUILTIN_WEIGHTS
+    from pixelfleet.serve.runner import console
 
     for root in [BUILTIN_WEIGHTS, *folder]:
         for card_path in sorted(root.rglob("model.json")):
@@ -163,7 +163,7 @@ def export_onnx_command(
     int8: bool = typer.Option(False, help="also write model.int8.onnx (dynamic int8 quantization)"),
 ) -> None:
     """Export a super-resolution model to ONNX for the onnx backend (``backend: onnx``)."""
-    from deployments.sr_onnx import export_onnx
+    from pixelfleet.models.sr_onnx import export_onnx
 
     for quantize, path in export_onnx(model, output, int8=int8).items():
         typer.echo(f"{quantize}: {path} ({path.stat().st_size} bytes)")
@@ -178,7 +178,7 @@ def up(
     timeout: float = typer.Option(900.0, help="seconds to wait for every model to load"),
 ) -> None:
     """Start a local Ray in this process, deploy the app, and serve until Ctrl-C or SIGTERM."""
-    from serve.runner import run_local
+    from pixelfleet.serve.runner import run_local
 
     raise typer.Exit(run_local(config, host=host, port=port, dashboard=dashboard, timeout_s=timeout))
 
@@ -186,7 +186,7 @@ def up(
 @app.command()
 def status(address: str = typer.Option("auto", help="Ray cluster address")) -> None:
     """Show the Serve applications and deployments of a running cluster."""
-    from serve.runner import print_status
+    from pixelfleet.serve.runner import print_status
 
     raise typer.Exit(print_status(address))
 

@@ -1,61 +1,105 @@
-"""One exception hierarchy for everything a request can get wrong, each with its HTTP status.
+"""The one mapping from errors to HTTP responses, for every route of the ingress.
 
-The ingress maps :class:`PixelfleetError` to a JSON body ``{"error": {"code", "message"}}`` in
-one place (``serve/ingress.py``). Deployments raise these too; Ray re-raises them at the caller
-as instances of the same class, so the mapping holds across handles.
+Every error is JSON: ``{"error": {"code", "message", "request_id"}}`` on the REST API, and the Open
+Inference Protocol's ``{"error": "<message>"}`` below ``/v2``; the status comes from the
+:mod:`pixelfleet.models.errors` class. Errors raised in a replica arrive wrapped by Ray and are
+unwrapped here; anything unexpected is a 500 whose message names no file, line or library.
 """
 
 from __future__ import annotations
 
+import logging
 
-class PixelfleetError(Exception):
-    """Base class: ``status`` is the HTTP status code, ``code`` a stable machine-readable name,
-    ``headers`` extra HTTP response headers."""
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from ray.exceptions import RayActorError, RayTaskError
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, RequestCancelledError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-    status: int = 500
-    code: str = "internal_error"
-    headers: dict[str, str] = {}
+from pixelfleet.models.errors import (
+    InternalError,
+    InvalidInput,
+    MethodNotAllowed,
+    ModelUnavailable,
+    NotFound,
+    Overloaded,
+    PayloadTooLarge,
+    PixelfleetError,
+    Unprocessable,
+    UnsupportedMediaType,
+)
 
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
+logger = logging.getLogger("ray.serve")
+REQUEST_ID_HEADER = "X-Request-Id"
+OIP_PREFIX = "/v2"
 
-    def __reduce__(self):  # keep the message when Ray pickles the exception across processes
-        return (type(self), (self.message,))
-
-
-class InvalidInput(PixelfleetError):
-    """The request is malformed: not an image, a truncated file, a bad parameter value."""
-
-    status, code = 400, "invalid_input"
-
-
-class UnknownModel(PixelfleetError):
-    """The request names a model or variant that the config does not serve."""
-
-    status, code = 404, "unknown_model"
-
-
-class PayloadTooLarge(PixelfleetError):
-    """The body is over the byte limit, or the image over the pixel limit (decompression bombs)."""
-
-    status, code = 413, "payload_too_large"
+_BY_STATUS = {400: InvalidInput, 404: NotFound, 405: MethodNotAllowed, 413: PayloadTooLarge, 415: UnsupportedMediaType, 422: Unprocessable}
 
 
-class UnsupportedMediaType(PixelfleetError):
-    """The content type or the image format is not one that pixelfleet reads."""
-
-    status, code = 415, "unsupported_media_type"
-
-
-class Unprocessable(PixelfleetError):
-    """A field is missing or out of range for this model (e.g. a scale no variant serves)."""
-
-    status, code = 422, "unprocessable"
+def describe_validation(errors: list[dict]) -> str:
+    """Pydantic/FastAPI validation errors as one line: ``field: message; ...``."""
+    return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors)
 
 
-class Overloaded(PixelfleetError):
-    """A model's queue is full (``max_queued_requests``); the client should retry shortly."""
+def as_pixelfleet_error(err: BaseException, where: str = "") -> PixelfleetError:
+    """The :class:`PixelfleetError` that ``err`` stands for (Ray's wrappers unwrapped).
 
-    status, code = 503, "overloaded"
-    headers = {"Retry-After": "1"}
+    A full queue is :class:`Overloaded`; a replica that died or a deployment with no running
+    replica is :class:`ModelUnavailable`; any other exception is :class:`InternalError`, logged
+    here with its traceback and answered without it.
+    """
+    if isinstance(err, PixelfleetError):
+        return getattr(err, "cause", None) if isinstance(getattr(err, "cause", None), PixelfleetError) else err
+    if isinstance(err, RayTaskError) and isinstance(err.cause, PixelfleetError):
+        return err.cause
+    if isinstance(err, BackPressureError):
+        return Overloaded(f"{where or 'the model'} is at capacity; retry shortly")
+    if isinstance(err, (RayActorError, DeploymentUnavailableError)):
+        return ModelUnavailable(f"{where or 'the model'} has no running replica; retry shortly")
+    if isinstance(err, RequestCancelledError):
+        return InternalError("the request was cancelled")
+    logger.error("unexpected error in %s", where or "the ingress", exc_info=err)
+    return InternalError(f"internal error in {where}" if where else "internal error")
+
+
+def error_response(err: PixelfleetError, request: Request | None) -> JSONResponse:
+    """The HTTP response of ``err``: REST's JSON form, or OIP's below ``/v2``."""
+    request_id = getattr(request.state, "request_id", None) if request is not None else None
+    headers = dict(err.headers)
+    if request_id:
+        headers[REQUEST_ID_HEADER] = request_id
+    if request is not None and request.url.path.startswith(OIP_PREFIX):
+        return JSONResponse({"error": err.message}, status_code=err.status, headers=headers)
+    body = {"error": {"code": err.code, "message": err.message, "request_id": request_id}}
+    return JSONResponse(body, status_code=err.status, headers=headers)
+
+
+def install_error_handlers(api: FastAPI) -> None:
+    """Map every error FastAPI or a route can raise to :func:`error_response`."""
+
+    @api.exception_handler(PixelfleetError)
+    async def _pixelfleet(request: Request, err: PixelfleetError) -> JSONResponse:
+        return error_response(as_pixelfleet_error(err), request)
+
+    @api.exception_handler(RequestValidationError)
+    async def _validation(request: Request, err: RequestValidationError) -> JSONResponse:
+        return error_response(Unprocessable(describe_validation(err.errors())), request)
+
+    @api.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, err: StarletteHTTPException) -> JSONResponse:
+        kind = _BY_STATUS.get(err.status_code)
+        if kind is None:
+            error = PixelfleetError(str(err.detail))
+            error.status, error.code = err.status_code, "http_error"
+        elif kind is NotFound:
+            error = NotFound(f"no route {request.method} {request.url.path}; see /docs")
+        elif kind is MethodNotAllowed:
+            error = MethodNotAllowed(f"{request.url.path} does not take {request.method}")
+        else:
+            error = kind(str(err.detail))
+        return error_response(error, request)
+
+    @api.exception_handler(Exception)
+    async def _unexpected(request: Request, err: Exception) -> JSONResponse:
+        return error_response(as_pixelfleet_error(err, "the ingress"), request)

@@ -1,232 +1,337 @@
-"""The ingress: one FastAPI deployment in front of every model family.
+"""The ingress: one deployment in front of every model family, naming none of them.
 
-HTTP routes and Python methods share one implementation, so ``POST /v1/superres`` and
-``await handle.upscale.remote(...)`` behave the same. Errors of the :mod:`serve.errors`
-hierarchy become JSON bodies ``{"error": {"code", "message"}}`` with their status, here only.
+It validates a request's parameters against the family's operation, picks the variant (an
+explicit ``model``, else the A/B weights, sticky per caller), passes the request's bytes to that
+variant's deployment, and copies sampled requests to shadow variants after the primary has
+answered. Decoding, inference and encoding happen in the family's replicas. Its HTTP front ends
+(REST ``/v1`` in ``rest.py``, OIP v2 in ``oip.py``) are built when a replica starts, from the
+families the config names; every operation is also a handle method
+(``serve.get_app_handle("pixelfleet").upscale.remote(...)``).
+
+Traffic changes (weights, shadows, variants added or removed) are written to the state file and
+to the ingress's ``user_config``; Serve hands the new ``user_config`` to every ingress replica
+through :meth:`Ingress.reconfigure`, without restarting any replica.
 """
+
+from __future__ import annotations
 
 import asyncio
 import logging
-import math
-from typing import Any, Literal
+import time
+from dataclasses import dataclass, field
+from typing import Any
 
-import numpy as np
-from fastapi import FastAPI, Query, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ValidationError
 from ray import serve
-from ray.serve.exceptions import BackPressureError
-from ray.serve.handle import DeploymentHandle, DeploymentResponse
+from ray.serve.handle import DeploymentHandle
 
-from serve.config import AppConfig
-from serve.errors import Overloaded, PayloadTooLarge, PixelfleetError, Unprocessable
-from serve.images import OUTPUT_MEDIA_TYPES, decode_image, encode_image, image_metadata, to_array, to_rgb
-from serve.routing import pick_ocr_variant, superres_chain
-from serve.uploads import IMAGE_FIELD, read_upload
+from pixelfleet.deployments.spec import FamilyConfig, FamilySpec, Operation, Result, VariantAddress, deployment_name
+from pixelfleet.models.errors import NotFound, UnknownModel, Unprocessable
+from pixelfleet.serve import control, metrics
+from pixelfleet.serve.config import AppConfig, state_path
+from pixelfleet.serve.errors import as_pixelfleet_error, describe_validation
+from pixelfleet.serve.traffic import FamilyTraffic, TrafficState, load_state, newest, pick_variant, shadow_targets
 
 logger = logging.getLogger("ray.serve")
-VARIANT_HEADER = "X-Pixelfleet-Variant"
 READY_TIMEOUT_S = 2.0
 
-api = FastAPI(
-    title="pixelfleet",
-    version="0.1.0",
-    description="Image models on Ray Serve: super-resolution and OCR. Errors are JSON: "
-    '`{"error": {"code": ..., "message": ...}}`.',
-)
 
-
-class SuperResParams(BaseModel):
-    """Options of a super-resolution request (query parameters, or form fields with multipart)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    scale: int | None = Field(None, ge=2, le=8, description="scale factor; default: the default variant's. A scale no single variant has is served by chaining variants (e.g. 8 = 2 x 4)")
-    format: Literal["png", "jpeg", "webp", "tiff", "avif"] = Field("png", description="output image format; EXIF and ICC profile are carried over")
-    model: str | None = Field(None, description="variant id from GET /v1/models; default: the family's default")
-
-
-class OCRParams(BaseModel):
-    """Options of an OCR request."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    model: str | None = Field(None, description="variant id from GET /v1/models (rapidocr, tesseract)")
-
-
-def _image_body(description: str) -> dict:
-    """OpenAPI request body: a raw image or a multipart upload with field ``image``."""
-    binary = {"schema": {"type": "string", "format": "binary"}}
-    form = {"schema": {"type": "object", "required": [IMAGE_FIELD], "properties": {IMAGE_FIELD: {"type": "string", "format": "binary"}}}}
-    return {
-        "requestBody": {
-            "required": True,
-            "description": description,
-            "content": {"image/png": binary, "image/jpeg": binary, "image/webp": binary, "image/tiff": binary, "image/avif": binary, "multipart/form-data": form},
-        }
-    }
-
-
-def _describe(errors: list[dict]) -> str:
-    """Pydantic/FastAPI validation errors as one line: ``field: message; ...``."""
-    return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors)
-
-
-def _params(model: type[BaseModel], values: dict[str, Any]) -> Any:
-    """Request options validated by ``model`` (422 if bad); a None value means not given."""
+def validate_params(operation: Operation, values: dict[str, Any]) -> BaseModel:
+    """The operation's options from ``values`` (None means not given); 422 if they do not fit."""
     try:
-        return model.model_validate({key: value for key, value in values.items() if value is not None})
+        return operation.params.model_validate({k: v for k, v in values.items() if v is not None})
     except ValidationError as err:
-        raise Unprocessable(_describe(err.errors())) from None
+        raise Unprocessable(describe_validation(err.errors())) from None
 
 
-def error_response(err: PixelfleetError) -> JSONResponse:
-    """The one mapping from an error of :mod:`serve.errors` to an HTTP response."""
-    return JSONResponse({"error": {"code": err.code, "message": err.message}}, status_code=err.status, headers=err.headers)
+@dataclass
+class Family:
+    """One family as the ingress serves it: its plug-in, config, variants and traffic."""
+
+    name: str
+    spec: FamilySpec
+    config: FamilyConfig
+    variants: dict[str, VariantAddress]
+    traffic: FamilyTraffic
+    handles: dict[str, DeploymentHandle] = field(default_factory=dict)
+    cards: dict[str, dict] = field(default_factory=dict)
+
+    def handle(self, variant: str) -> DeploymentHandle:
+        if variant not in self.handles:
+            self.handles[variant] = self.variants[variant].handle()
+        return self.handles[variant]
 
 
-@api.exception_handler(PixelfleetError)
-async def _pixelfleet_error(request: Request, err: PixelfleetError) -> JSONResponse:
-    # Errors raised inside a deployment arrive wrapped by Ray; ``cause`` is the original.
-    return error_response(getattr(err, "cause", None) or err)
+@dataclass(frozen=True)
+class Answer:
+    """An operation's result and the variants that produced it (``superres/srresnet-x4``)."""
 
-
-@api.exception_handler(RequestValidationError)
-async def _validation_error(request: Request, err: RequestValidationError) -> JSONResponse:
-    message = _describe(err.errors())
-    return error_response(Unprocessable(message))
-
-
-async def _call(response: DeploymentResponse) -> Any:
-    """Await a family deployment's answer; a full queue there becomes :class:`Overloaded`.
-
-    (Ray Serve installs its own plain-text handler for ``BackPressureError`` on the ingress's
-    FastAPI app, so the conversion happens here, where the JSON error format is kept.)
-    """
-    try:
-        return await response
-    except BackPressureError:
-        raise Overloaded("the model is at capacity; retry shortly") from None
+    result: Result
+    variant: str
+    family: str
 
 
 @serve.deployment(max_ongoing_requests=64, max_queued_requests=256)
-@serve.ingress(api)
+@serve.ingress()
 class Ingress:
-    """Routes requests to the variants of each family; holds one handle per variant."""
+    """Routes requests to the variants of every family in the config.
 
-    def __init__(self, config: dict, superres: dict[str, DeploymentHandle], ocr: dict[str, DeploymentHandle]) -> None:
+    Args:
+        config: the app's ``args`` (:class:`~pixelfleet.serve.config.AppConfig` as a dict).
+        variants: family -> variant -> the bound deployment (a handle here): what ``build_app``
+            wired, so the whole graph is one Serve application.
+    """
+
+    def __init__(self, config: dict, variants: dict[str, dict[str, DeploymentHandle]]) -> None:
         self.config = AppConfig.model_validate(config)
-        self.superres_handles = superres
-        self.ocr_handles = ocr
-        self._superres_scales: dict[str, int] | None = None
+        context = serve.get_replica_context()
+        self.app_name = context.app_name
+        self.bound = variants
+        self.state = newest(self._read_state_file())
+        self.families: dict[str, Family] = {}
+        self._apply(self.state)
+        self._background: set[asyncio.Task] = set()
+        self._change_lock = asyncio.Lock()
 
-    # ---- Python API (also reached by handle: serve.get_app_handle("pixelfleet")) ----
+    def __serve_build_asgi_app__(self):
+        from pixelfleet.serve.rest import build_api
 
-    async def upscale(self, image: bytes, scale: int | None = None, format: str = "png", model: str | None = None) -> bytes:
-        """Upscale an encoded image (PNG, JPEG, WebP, TIFF, AVIF, BMP, GIF); return it encoded as ``format``.
+        return build_api(self)
 
-        Raises the :mod:`serve.errors` of the HTTP route (e.g. :class:`Unprocessable` for a scale
-        no variant serves).
+    # ---- state: config + state file + user_config ----
+
+    def _read_state_file(self) -> TrafficState | None:
+        try:
+            return load_state(state_path(self.config))
+        except (OSError, ValueError) as err:
+            logger.warning("state file %s is not readable (%s); using the config's traffic", self.config.state.path, err)
+            return None
+
+    def _apply(self, state: TrafficState) -> None:
+        """Rebuild every family's variants and traffic from the config and ``state``."""
+        families = {}
+        for name, family_config in self.config.families.items():
+            spec = self.config.spec(name)
+            removed = set(state.removed.get(name, []))
+            variants = {
+                variant: VariantAddress(name, variant, self.app_name, deployment_name(name, variant))
+                for variant in family_config.variants
+                if variant not in removed
+            }
+            for variant, record in state.added.get(name, {}).items():
+                variants[variant] = VariantAddress(name, variant, record.app, deployment_name(name, variant))
+            traffic = state.families.get(name) or FamilyTraffic(weights=family_config.weights(), shadow=family_config.shadow)
+            previous = self.families.get(name)
+            handles = dict(self.bound.get(name, {}))
+            handles = {v: h for v, h in handles.items() if v in variants}
+            families[name] = Family(name, spec, family_config, variants, traffic, handles)
+            if previous is not None:  # keep the cards already fetched
+                families[name].cards = {v: c for v, c in previous.cards.items() if v in variants}
+        self.families, self.state = families, state
+
+    def reconfigure(self, user_config: dict) -> None:
+        """Serve's live update: ``user_config`` is a :class:`TrafficState`; the newest revision
+        (it, the state file, or what this replica holds) wins."""
+        given = TrafficState.model_validate(user_config) if user_config else None
+        state = newest(given, self._read_state_file(), getattr(self, "state", None))
+        if state is not getattr(self, "state", None):
+            self._apply(state)
+            logger.info("traffic state revision %d applied", state.revision)
+
+    # ---- handle methods: one per operation of every family ----
+
+    def __getattr__(self, name: str):
+        if name.startswith("_") or "families" not in self.__dict__:
+            raise AttributeError(name)
+        for family in self.families.values():
+            for operation in family.spec.operations:
+                if operation.name == name:
+                    return self._handle_method(family.name, operation)
+        raise AttributeError(name)
+
+    def _handle_method(self, family: str, operation: Operation):
+        """``handle.<operation>.remote(image, model=None, caller=None, **params)`` -> the result's
+        content (bytes, pixels or a dict); errors are the :mod:`pixelfleet.models.errors` classes."""
+
+        async def method(image: Any, model: str | None = None, caller: str | None = None, **params: Any) -> Any:
+            answer = await self.infer(family, operation.name, image, params, model=model, caller=caller)
+            return answer.result.content
+
+        method.__name__ = method.__qualname__ = operation.name
+        method.__doc__ = f"{operation.summary} ({family}; options: {', '.join(operation.params.model_fields)})"
+        return method
+
+    # ---- the shared implementation ----
+
+    def family(self, name: str) -> Family:
+        """The family called ``name``; raises NotFound."""
+        if name not in self.families:
+            raise NotFound(f"unknown family {name!r}; served: {', '.join(sorted(self.families))}")
+        return self.families[name]
+
+    async def cards(self, family: Family) -> dict[str, dict]:
+        """Every variant's ``info()`` (fetched once per variant, then cached)."""
+        missing = [v for v in family.variants if v not in family.cards]
+        if missing:
+            infos = await asyncio.gather(*(self._call(family, v, family.handle(v).info.remote()) for v in missing))
+            family.cards.update(zip(missing, infos))
+        return {v: family.cards[v] for v in family.variants}
+
+    async def _call(self, family: Family, variant: str, response) -> Any:
+        try:
+            return await response
+        except Exception as err:  # unwrap Ray's wrappers into the error hierarchy
+            raise as_pixelfleet_error(err, f"{family.name}/{variant}") from None
+
+    def choose(self, family: Family, model: str | None, caller: str | None) -> tuple[str, bool]:
+        """The variant for a request and whether the caller named it."""
+        if model is not None:
+            if model not in family.variants:
+                raise UnknownModel(f"unknown {family.name} model {model!r}; served: {', '.join(sorted(family.variants))}")
+            return model, True
+        try:
+            return pick_variant(family.traffic.weights, caller, family.name), False
+        except ValueError as err:
+            raise Unprocessable(str(err)) from None
+
+    async def infer(
+        self, family_name: str, operation_name: str, image: Any, params: dict[str, Any], model: str | None = None, caller: str | None = None
+    ) -> Answer:
+        """Run an operation: validate, choose the variant(s), call the first, shadow a copy.
+
+        Raises the :mod:`pixelfleet.models.errors` of the family (4xx) and of the call (503 when
+        a deployment's queue is full or it has no running replica).
         """
-        params = _params(SuperResParams, {"scale": scale, "format": format, "model": model})
-        encoded, _ = await self._upscale(image, params)
-        return encoded
+        family = self.family(family_name)
+        try:
+            operation = family.spec.operation(operation_name)
+        except KeyError:
+            raise NotFound(f"family {family_name!r} has no operation {operation_name!r}") from None
+        options = validate_params(operation, params)
+        chosen, explicit = self.choose(family, model, caller)
+        cards = await self.cards(family)
+        route = [family.variants[v] for v in family.spec.plan(operation, options, chosen, explicit, cards)]
+        label = "+".join(address.variant for address in route)
+        payload = options.model_dump(mode="json")
+        started = time.monotonic()
+        try:
+            result = await self._call(family, label, getattr(family.handle(route[0].variant), operation.name).remote(image, payload, route))
+        except Exception as err:
+            metrics.record_request(family.name, label, operation.name, getattr(err, "status", 500), time.monotonic() - started)
+            raise
+        metrics.record_request(family.name, label, operation.name, 200, time.monotonic() - started)
+        if not explicit:
+            self._shadow(family, operation, options, chosen, image, payload, result, cards)
+        return Answer(result, label, family.name)
 
-    async def ocr(self, image: bytes, model: str | None = None) -> dict:
-        """Recognise text in an encoded image: ``{"text", "lines": [{"text", "confidence", "box"}]}``."""
-        result, _ = await self._ocr(image, _params(OCRParams, {"model": model}))
-        return result
+    def _shadow(self, family: Family, operation: Operation, options: BaseModel, primary: str, image: Any, payload: dict, result: Result, cards: dict) -> None:
+        """Copy the request to the sampled shadow variants, after the primary answered; their
+        answers are compared with the primary's and dropped."""
+        for variant in shadow_targets(family.traffic.shadow, primary):
+            task = asyncio.create_task(self._run_shadow(family, operation, options, variant, image, payload, result, cards))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def _run_shadow(self, family: Family, operation: Operation, options: BaseModel, variant: str, image: Any, payload: dict, primary: Result, cards: dict) -> None:
+        started = time.monotonic()
+        try:
+            route = [family.variants[v] for v in family.spec.plan(operation, options, variant, True, cards)]
+        except Exception:  # the shadow cannot serve this request (e.g. another scale): not compared
+            metrics.record_shadow(family.name, variant, "skipped", None, None)
+            return
+        try:
+            agreement = await family.handle(variant).shadow.remote(operation.name, image, payload, route, primary)
+        except Exception as err:
+            logger.warning("shadow %s/%s failed: %s", family.name, variant, as_pixelfleet_error(err, f"{family.name}/{variant}").message)
+            metrics.record_shadow(family.name, variant, "error", time.monotonic() - started, None)
+            return
+        metrics.record_shadow(family.name, variant, "ok", time.monotonic() - started, agreement, family.spec.agreement)
+
+    # ---- listing, readiness, traffic ----
 
     async def list_models(self) -> dict:
-        """Every family with its default and its variants' cards (what ``GET /v1/models`` returns)."""
-        families = {"superres": (self.config.superres.default, self.superres_handles), "ocr": (self.config.ocr.default, self.ocr_handles)}
+        """Every family with its default, its traffic and its variants' cards (``GET /v1/models``)."""
         listing = {}
-        for family, (default, handles) in families.items():
-            infos = await asyncio.gather(*(_call(handle.info.remote()) for handle in handles.values()))
-            listing[family] = {"default": default, "variants": dict(zip(handles, infos))}
+        for name, family in self.families.items():
+            cards = await self.cards(family)
+            listing[name] = {
+                "kind": family.config.kind,
+                "title": family.spec.title,
+                "default": family.config.default,
+                "operations": [op.name for op in family.spec.operations],
+                "traffic": family.traffic.model_dump(),
+                "variants": cards,
+            }
         return {"families": listing}
 
     async def ready(self) -> dict[str, bool]:
         """Whether each variant's replica answers (``family/variant`` -> bool) within 2 s."""
-        handles = {f"superres/{n}": h for n, h in self.superres_handles.items()} | {f"ocr/{n}": h for n, h in self.ocr_handles.items()}
 
-        async def call_ready(handle: DeploymentHandle) -> bool:
-            return await handle.ready.remote()
-
-        async def answers(handle: DeploymentHandle) -> bool:
+        async def answers(family: Family, variant: str) -> bool:
             try:
-                return bool(await asyncio.wait_for(call_ready(handle), READY_TIMEOUT_S))
+                return bool(await asyncio.wait_for(self._call(family, variant, family.handle(variant).ready.remote()), READY_TIMEOUT_S))
             except Exception as err:  # not up yet, or failing: not ready either way
-                logger.info("readiness: %s does not answer yet: %r", handle.deployment_name, err)
+                logger.info("readiness: %s/%s does not answer yet: %r", family.name, variant, err)
                 return False
 
-        states = await asyncio.gather(*(answers(h) for h in handles.values()))
-        return dict(zip(handles, states))
+        pairs = [(family, variant) for family in self.families.values() for variant in family.variants]
+        states = await asyncio.gather(*(answers(f, v) for f, v in pairs))
+        return {f"{f.name}/{v}": state for (f, v), state in zip(pairs, states)}
 
-    # ---- shared implementation ----
+    def traffic(self) -> dict:
+        """Every family's weights, shadows and variants (``GET /v1/traffic``)."""
+        return {
+            "revision": self.state.revision,
+            "families": {
+                name: {**family.traffic.model_dump(), "default": family.config.default, "variants": sorted(family.variants)}
+                for name, family in self.families.items()
+            },
+        }
 
-    async def _scales(self) -> dict[str, int]:
-        if self._superres_scales is None:
-            infos = await asyncio.gather(*(_call(h.info.remote()) for h in self.superres_handles.values()))
-            self._superres_scales = {name: info["scale"] for name, info in zip(self.superres_handles, infos)}
-        return self._superres_scales
+    async def set_traffic(self, family_name: str, weights: dict[str, float] | None = None, shadow: dict[str, float] | None = None) -> dict:
+        """Change a family's A/B weights and/or shadows, live on every ingress replica, persisted.
 
-    def _decode(self, data: bytes) -> tuple[np.ndarray, dict[str, bytes]]:
-        """Pixels and the metadata (EXIF, ICC) to carry to an output image."""
-        image = decode_image(data, self.config.limits.max_pixels)
-        return to_array(image), image_metadata(image)
+        Raises:
+            NotFound: no such family. Unprocessable: unknown variants, negative weights, a zero sum.
+        """
+        family = self.family(family_name)
+        new = FamilyTraffic(
+            weights=family.traffic.weights if weights is None else weights,
+            shadow=family.traffic.shadow if shadow is None else shadow,
+        )
+        from pixelfleet.deployments.spec import check_traffic
 
-    async def _upscale(self, data: bytes, params: SuperResParams) -> tuple[bytes, str]:
-        scales = await self._scales()
-        chain = superres_chain(scales, self.config.superres.default, params.scale, params.model)
-        array, metadata = await asyncio.to_thread(self._decode, data)  # codecs off the event loop
-        total = math.prod(scales[variant] for variant in chain)
-        output_pixels = array.shape[0] * array.shape[1] * total * total
-        if output_pixels > self.config.limits.max_output_pixels:
-            raise PayloadTooLarge(f"the x{total} output would have {output_pixels} pixels; the limit is {self.config.limits.max_output_pixels}")
-        for variant in chain:  # progressive upscaling when no single variant has the scale
-            array = await _call(self.superres_handles[variant].upscale.remote(array))
-        return await asyncio.to_thread(encode_image, array, params.format, metadata), "+".join(chain)
+        try:
+            check_traffic(new.weights, new.shadow, set(family.variants))
+        except ValueError as err:
+            raise Unprocessable(str(err)) from None
+        state = self.state.model_copy(deep=True)
+        state.families[family_name] = new
+        await self.commit(state)
+        return self.traffic()["families"][family_name]
 
-    async def _ocr(self, data: bytes, params: OCRParams) -> tuple[dict, str]:
-        variant = pick_ocr_variant(list(self.ocr_handles), self.config.ocr.default, params.model)
-        array, _ = await asyncio.to_thread(self._decode, data)
-        rgb = to_rgb(array)
-        return await _call(self.ocr_handles[variant].recognize.remote(rgb)), variant
+    async def commit(self, state: TrafficState) -> None:
+        """Make ``state`` (one revision newer) the app's: the state file, this replica, and every
+        ingress replica through Serve's ``user_config``."""
+        from pixelfleet.serve.traffic import save_state
 
-    # ---- HTTP routes ----
+        async with self._change_lock:
+            state.revision = self.state.revision + 1
+            await asyncio.to_thread(save_state, state_path(self.config), state)
+            self._apply(state)
+            await asyncio.to_thread(self._push_user_config, state)
 
-    @api.post("/v1/superres", response_class=Response, openapi_extra=_image_body("the image to upscale"),
-              responses={200: {"content": {t: {} for t in OUTPUT_MEDIA_TYPES.values()}, "description": "the upscaled image"}})
-    async def http_superres(self, request: Request, query: SuperResParams = Query()) -> Response:
-        """Upscale an image by the scale factor of a super-resolution variant."""
-        upload = await read_upload(request, self.config.limits.max_body_bytes)
-        params = _params(SuperResParams, {**query.model_dump(exclude_unset=True), **upload.fields})
-        encoded, variant = await self._upscale(upload.data, params)
-        return Response(encoded, media_type=OUTPUT_MEDIA_TYPES[params.format], headers={VARIANT_HEADER: f"superres/{variant}"})
+    def _push_user_config(self, state: TrafficState) -> None:
+        schema = control.deployed_config()
+        if schema is None:  # deployed from Python (serve.run): this replica and the state file only
+            logger.warning("the app was not deployed from a config; the traffic change holds on this ingress replica and in the state file")
+            return
+        app = next(a for a in schema.applications if a.name == self.app_name)
+        ingress = next((d for d in app.deployments if d.name == "Ingress"), None)
+        if ingress is None:
+            from ray.serve.schema import DeploymentSchema
 
-    @api.post("/v1/ocr", openapi_extra=_image_body("the image to read"))
-    async def http_ocr(self, request: Request, query: OCRParams = Query()) -> JSONResponse:
-        """Recognise text: ``{"text", "lines": [{"text", "confidence", "box": [x0, y0, x1, y1]}]}`` in reading order."""
-        upload = await read_upload(request, self.config.limits.max_body_bytes)
-        params = _params(OCRParams, {**query.model_dump(exclude_unset=True), **upload.fields})
-        result, variant = await self._ocr(upload.data, params)
-        return JSONResponse(result, headers={VARIANT_HEADER: f"ocr/{variant}"})
-
-    @api.get("/v1/models")
-    async def http_models(self) -> dict:
-        """Families, their default variant, and each variant's model card (scale, weights, metrics)."""
-        return await self.list_models()
-
-    @api.get("/healthz")
-    async def http_healthz(self) -> dict:
-        """Liveness: the ingress answers."""
-        return {"status": "ok"}
-
-    @api.get("/readyz")
-    async def http_readyz(self) -> JSONResponse:
-        """Readiness: 200 once every variant has loaded its model, else 503 with what is missing."""
-        states = await self.ready()
-        ready = all(states.values())
-        return JSONResponse({"ready": ready, "variants": states}, status_code=200 if ready else 503)
+            ingress = DeploymentSchema(name="Ingress")
+            app.deployments.append(ingress)
+        ingress.user_config = state.model_dump(mode="json")
+        control.submit(schema)

@@ -15,9 +15,10 @@ from types import FrameType
 import ray
 import yaml
 from ray import serve
-from ray.serve._private import api as serve_api  # what `serve run` uses to submit a config file
 from ray.serve.schema import ApplicationStatus, ServeDeploySchema
 from rich.console import Console
+
+from pixelfleet.serve import control
 
 console = Console(soft_wrap=True)  # never break a URL or a path across lines
 SERVE_NAMESPACE = "serve"
@@ -60,6 +61,34 @@ def wait_until_running(name: str, timeout_s: float) -> None:
     raise TimeoutError(f"application {name} was not running after {timeout_s:.0f} s")
 
 
+def with_added_variants(schema: ServeDeploySchema) -> ServeDeploySchema:
+    """``schema`` plus the applications of the variants added at run time that the pixelfleet
+    apps' state files record (``serve/variants.py``), so a restart serves them again."""
+    from pydantic import ValidationError
+
+    from pixelfleet.serve.config import AppConfig, state_path
+    from pixelfleet.serve.traffic import load_state
+    from pixelfleet.serve.variants import variant_app_schema
+
+    extra = []
+    for app in schema.applications:
+        if not app.import_path.endswith("serve.app:build_app"):
+            continue
+        try:
+            config = AppConfig.model_validate(app.args)
+            state = load_state(state_path(config))
+        except (ValidationError, ValueError, OSError) as err:
+            console.print(f"[yellow]state of {app.name} not restored: {err}[/]")
+            continue
+        for family, added in (state.added if state else {}).items():
+            for variant, record in added.items():
+                extra.append(variant_app_schema(app.name, config, family, variant, record.config, record.deployment))
+    names = {a.name for a in schema.applications}
+    schema = schema.model_copy(deep=True)
+    schema.applications += [a for a in extra if a.name not in names]
+    return schema
+
+
 def start_local(schema: ServeDeploySchema, dashboard: bool = False, timeout_s: float = 900.0) -> str:
     """Start a local Ray in this process, submit ``schema`` and wait until every app runs.
 
@@ -70,8 +99,8 @@ def start_local(schema: ServeDeploySchema, dashboard: bool = False, timeout_s: f
     os.environ.setdefault("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "30")
     if not ray.is_initialized():
         ray.init(include_dashboard=dashboard, namespace=SERVE_NAMESPACE, log_to_driver=True)
-    client = serve_api.serve_start(http_options=schema.http_options.model_dump(), proxy_location=schema.proxy_location)
-    client.deploy_apps(schema, _blocking=False)
+    schema = with_added_variants(schema)
+    control.start_and_deploy(schema)
     for app in schema.applications:
         wait_until_running(app.name, timeout_s)
     return f"http://{schema.http_options.host}:{schema.http_options.port}"
@@ -80,7 +109,7 @@ def start_local(schema: ServeDeploySchema, dashboard: bool = False, timeout_s: f
 def run_local(config: Path, host: str | None, port: int | None, dashboard: bool, timeout_s: float) -> int:
     """Start Ray and the app; block until interrupted. Returns the process exit code."""
     schema = load_serve_config(config, host, port)
-    names = [app.name for app in schema.applications]
+    names = [app.name for app in schema.applications if app.import_path.endswith("serve.app:build_app")]
     started = time.monotonic()
     signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
@@ -109,9 +138,10 @@ def _print_models(app_name: str) -> None:
     listing = serve.get_app_handle(app_name).list_models.remote().result(timeout_s=60)
     for family, entry in listing["families"].items():
         for variant, info in entry["variants"].items():
-            default = " (default)" if variant == entry["default"] else ""
-            detail = f"x{info['scale']} from {info['weights']}" if family == "superres" else f"engine {info.get('engine')}"
-            console.print(f"  {family}/{variant}{default}: {detail}")
+            weight = entry["traffic"]["weights"].get(variant, 0.0)
+            share = f", traffic weight {weight:g}" if weight else ""
+            summary = ", ".join(f"{k} {info[k]}" for k in ("scale", "engine", "weights", "precision") if info.get(k) is not None)
+            console.print(f"  {family}/{variant}{' (default)' if variant == entry['default'] else ''}: {summary}{share}")
 
 
 def print_status(address: str) -> int:

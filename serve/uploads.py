@@ -13,7 +13,7 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 
-from serve.errors import InvalidInput, PayloadTooLarge, Unprocessable, UnsupportedMediaType
+from pixelfleet.models.errors import InvalidInput, PayloadTooLarge, Unprocessable, UnsupportedMediaType
 
 #: The multipart field that carries the image.
 IMAGE_FIELD = "image"

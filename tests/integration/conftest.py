@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from serve.cli import DEFAULT_CONFIG
-from serve.runner import load_serve_config, start_local
+from pixelfleet.serve.cli import DEFAULT_CONFIG
+from pixelfleet.serve.runner import load_serve_config, start_local
 
 APP_NAME = "pixelfleet"
 MAX_BODY_BYTES = 2 * 1024 * 1024
@@ -35,7 +35,7 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def app_url() -> Iterator[str]:
+def app_url(tmp_path_factory) -> Iterator[str]:
     import ray
     from ray import serve
     from ray.serve.schema import DeploymentSchema
@@ -43,10 +43,11 @@ def app_url() -> Iterator[str]:
     schema = load_serve_config(DEFAULT_CONFIG, host="127.0.0.1", port=_free_port())
     app = schema.applications[0]
     app.args["limits"] = {"max_body_bytes": MAX_BODY_BYTES, "max_pixels": MAX_PIXELS, "max_output_pixels": MAX_OUTPUT_PIXELS}
-    app.args["superres"]["variants"][ONNX_VARIANT] = {
+    app.args["state"] = {"path": str(tmp_path_factory.mktemp("state") / "state.json")}
+    app.args["families"]["superres"]["variants"][ONNX_VARIANT] = {
         "weights": "builtin:srresnet-x4", "backend": "onnx", "tile_size": 64, "overlap": 16, "max_batch_size": 2, "num_threads": 1,
     }  # fmt: skip
-    app.args["superres"]["variants"][ENSEMBLE_VARIANT] = {
+    app.args["families"]["superres"]["variants"][ENSEMBLE_VARIANT] = {
         "weights": "builtin:srresnet-x4", "ensemble": True, "tile_size": 64, "overlap": 16, "max_batch_size": 2, "num_threads": 1,
     }  # fmt: skip
     # local.yaml hands out both CPUs; these extra replicas reserve none (they are idle but for their tests)

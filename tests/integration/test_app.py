@@ -10,12 +10,12 @@ import pytest
 from PIL import Image, ImageCms, ImageDraw, ImageFont
 from skimage.metrics import peak_signal_noise_ratio
 
-from serve.errors import Unprocessable, UnknownModel
+from pixelfleet.models.errors import Unprocessable, UnknownModel
 from tests.conftest import dataset, synthetic_photo
 from tests.integration.conftest import ENSEMBLE_VARIANT, MAX_BODY_BYTES, ONNX_VARIANT, open_image, png_bytes
-from train.metrics import character_error_rate, psnr_y
-from train.sr_data import crop_to_multiple, load_rgb, make_lr
-from train.srgan.evaluate import bicubic_upscale
+from pixelfleet.models.metrics import character_error_rate, psnr_y
+from pixelfleet.train.sr_data import crop_to_multiple, load_rgb, make_lr
+from pixelfleet.train.srgan.evaluate import bicubic_upscale
 
 pytestmark = pytest.mark.integration
 
@@ -101,8 +101,8 @@ def test_shipped_x4_model_is_what_its_card_says_on_the_validation_set(client):
 def test_onnx_backend_variant_agrees_with_torch(client):
     """The x4 weights on ONNX Runtime (exported at replica start), through the app, against PyTorch
     fp32 on the same tiles without Ray: within one 8-bit level (the stated tolerance)."""
-    from deployments.superres import Upscaler
-    from serve.config import BUILTIN_WEIGHTS
+    from pixelfleet.deployments.superres.upscaler import Upscaler
+    from pixelfleet.models.modelcard import BUILTIN_WEIGHTS
 
     lr = synthetic_photo(70, 90)
     response = upscale(client, png_bytes(lr), model=ONNX_VARIANT)
@@ -118,8 +118,8 @@ def test_onnx_backend_variant_agrees_with_torch(client):
 def test_self_ensemble_variant_serves_the_averaged_upscale(client):
     """A variant with ``ensemble: true``: the served image is the x8 self-ensemble of the model
     (what the Upscaler computes on the same tiles), not its single pass, and the card says so."""
-    from deployments.superres import Upscaler
-    from serve.config import BUILTIN_WEIGHTS
+    from pixelfleet.deployments.superres.upscaler import Upscaler
+    from pixelfleet.models.modelcard import BUILTIN_WEIGHTS
 
     lr = synthetic_photo(70, 90, seed=5)
     response = upscale(client, png_bytes(lr), model=ENSEMBLE_VARIANT)
@@ -215,8 +215,8 @@ def test_superres_applies_exif_orientation_and_keeps_metadata(client):
 def test_concurrent_requests_all_succeed(client):
     """Concurrent images of different sizes, each smaller than a tile: their tiles (each image's
     own size) share batches; every result is that image's own upscale."""
-    from deployments.superres import Upscaler
-    from serve.config import BUILTIN_WEIGHTS
+    from pixelfleet.deployments.superres.upscaler import Upscaler
+    from pixelfleet.models.modelcard import BUILTIN_WEIGHTS
 
     sizes = [(40, 60), (52, 36), (40, 60), (33, 70), (52, 36), (40, 60)]
     images = [synthetic_photo(h, w, seed=i) for i, (h, w) in enumerate(sizes)]

@@ -12,9 +12,9 @@ import httpx
 import pytest
 from ray import serve
 
-from deployments.superres import SuperResolution
-from serve.config import AppConfig
-from serve.ingress import Ingress
+from pixelfleet.deployments.superres.deployment import SuperResolution
+from pixelfleet.serve.config import AppConfig
+from pixelfleet.serve.ingress import Ingress
 from tests.conftest import synthetic_photo
 from tests.integration.conftest import png_bytes
 
@@ -24,17 +24,17 @@ NO_CPU = {"num_cpus": 0}
 
 
 @pytest.fixture(scope="module")
-def tiny_app_url(app_url: str):
+def tiny_app_url(app_url: str, tmp_path_factory):
     args = {
-        "superres": {"default": "x4", "variants": {"x4": {"weights": "builtin:srresnet-x4", "tile_size": 64, "overlap": 16, "num_threads": 1}}},
-        "ocr": {"default": "tesseract", "variants": {"tesseract": {"engine": "tesseract"}}},
+        "families": {"superres": {"default": "x4", "variants": {"x4": {"weights": "builtin:srresnet-x4", "tile_size": 64, "overlap": 16, "num_threads": 1}}}},
+        "state": {"path": str(tmp_path_factory.mktemp("backpressure") / "state.json")},
     }
     config = AppConfig.model_validate(args)
-    variant = config.superres.variants["x4"]
-    superres = SuperResolution.options(name="bp-superres", max_ongoing_requests=1, max_queued_requests=1, ray_actor_options=NO_CPU).bind(
-        variant="x4", weights=str(variant.weights_path()), **variant.model_dump(exclude={"weights"})
+    variant = config.families["superres"].variants["x4"]
+    superres = SuperResolution.options(name="superres-x4", max_ongoing_requests=1, max_queued_requests=1, ray_actor_options=NO_CPU).bind(
+        variant="x4", **variant.model_dump()
     )
-    ingress = Ingress.options(name="bp-ingress", ray_actor_options=NO_CPU).bind(config=config.model_dump(mode="json"), superres={"x4": superres}, ocr={})
+    ingress = Ingress.options(ray_actor_options=NO_CPU).bind(config=config.model_dump(mode="json"), variants={"superres": {"x4": superres}})
     serve.run(ingress, name="backpressure", route_prefix="/backpressure")
     yield f"{app_url}/backpressure"
     serve.delete("backpressure")

@@ -18,7 +18,7 @@ import yaml
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from deployments.srnet import load_model, upscale_whole
+from pixelfleet.models.srnet import load_model, upscale_whole
 from tests.conftest import synthetic_photo
 
 pytestmark = pytest.mark.integration

@@ -3,7 +3,7 @@
 import importlib.util
 from pathlib import Path
 
-from deployments.srnet import SRResNet
+from pixelfleet.models.srnet import SRResNet
 
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "superres_latency.py"
 

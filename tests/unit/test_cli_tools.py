@@ -7,8 +7,8 @@ import json
 from PIL import Image
 from typer.testing import CliRunner
 
-from serve.cli import app
-from serve.config import BUILTIN_WEIGHTS
+from pixelfleet.serve.cli import app
+from pixelfleet.models.modelcard import BUILTIN_WEIGHTS
 from tests.conftest import synthetic_photo
 
 runner = CliRunner()

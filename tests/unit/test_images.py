@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageCms
 
-from serve.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
-from serve.images import decode_image, encode_image, image_metadata, to_array, to_rgb
+from pixelfleet.models.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
+from pixelfleet.models.images import decode_image, encode_image, image_metadata, to_array, to_rgb
 
 
 def encoded(image: Image.Image, fmt: str, **kwargs) -> bytes:

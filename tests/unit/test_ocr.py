@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from deployments.ocr import OCR
-from deployments.ocr_engines import build_engine
-from deployments.ocr_lines import OCRLine, OCRResult, check_image, reading_order, render_text, to_result
-from serve.errors import InvalidInput
-from train.metrics import character_error_rate, normalize_text
+from pixelfleet.deployments.ocr.deployment import OCR
+from pixelfleet.deployments.ocr.engines import build_engine
+from pixelfleet.deployments.ocr.lines import OCRLine, OCRResult, check_image, reading_order, render_text, to_result
+from pixelfleet.models.errors import InvalidInput
+from pixelfleet.models.metrics import character_error_rate, normalize_text
 
 LINES = Path(__file__).resolve().parents[2].parent / "shared" / "datasets" / "ocr" / "lines"
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from serve.errors import UnknownModel, Unprocessable
-from serve.routing import pick_ocr_variant, reachable_scales, superres_chain
+from pixelfleet.models.errors import UnknownModel, Unprocessable
+from pixelfleet.deployments.superres.routing import reachable_scales, superres_chain
 
 SCALES = {"x4-psnr": 4, "x4-gan": 4, "x2": 2}
 
@@ -44,6 +44,3 @@ def test_model_and_scale_must_agree():
 def test_unknown_model_is_404():
     with pytest.raises(UnknownModel):
         superres_chain(SCALES, "x4-psnr", None, "../../etc/passwd")
-    with pytest.raises(UnknownModel):
-        pick_ocr_variant(["rapidocr"], "rapidocr", "nope")
-    assert pick_ocr_variant(["rapidocr", "tesseract"], "rapidocr", None) == "rapidocr"

@@ -6,13 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-import deployments.sr_onnx as sr_onnx
-from deployments.srnet import self_ensemble
-from deployments.superres import Upscaler
-from serve.config import BUILTIN_WEIGHTS, SuperResVariant
+import pixelfleet.models.sr_onnx as sr_onnx
+from pixelfleet.models.srnet import self_ensemble
+from pixelfleet.deployments.superres.upscaler import Upscaler
+from pixelfleet.models.modelcard import BUILTIN_WEIGHTS
+from pixelfleet.deployments.superres.config import SuperResVariant
 from tests.conftest import dataset, synthetic_photo
-from train.metrics import psnr_y
-from train.sr_data import crop_to_multiple, load_rgb, make_lr
+from pixelfleet.models.metrics import psnr_y
+from pixelfleet.train.sr_data import crop_to_multiple, load_rgb, make_lr
 
 WEIGHTS = BUILTIN_WEIGHTS / "srresnet-x4"
 TILE = np.ascontiguousarray(synthetic_photo(40, 56, seed=3).transpose(2, 0, 1))[None].astype(np.float32) / 255.0  # not square

@@ -15,9 +15,9 @@ import pytest
 import torch
 from skimage.metrics import peak_signal_noise_ratio
 
-import deployments.sr_onnx as sr_onnx
-from deployments.superres import Upscaler
-from serve.config import BUILTIN_WEIGHTS
+import pixelfleet.models.sr_onnx as sr_onnx
+from pixelfleet.deployments.superres.upscaler import Upscaler
+from pixelfleet.models.modelcard import BUILTIN_WEIGHTS
 from tests.conftest import synthetic_photo
 
 WEIGHTS = BUILTIN_WEIGHTS / "srresnet-x4"
@@ -52,7 +52,7 @@ def test_reference_shape(reference):
 
 def test_channels_last_replica_matches_nchw_inference():
     """Replicas run the network in channels_last (NHWC); the result is NCHW's to within 1 level."""
-    from deployments.srnet import load_model, to_uint8
+    from pixelfleet.models.srnet import load_model, to_uint8
 
     upscaler = Upscaler(WEIGHTS, num_threads=2)
     tiles = np.ascontiguousarray(IMAGE[None, :64, :64].transpose(0, 3, 1, 2)).astype(np.float32) / 255.0
@@ -94,7 +94,7 @@ def test_cuda_request_falls_back_to_cpu_without_a_gpu(reference):
 def test_export_onnx_command(tmp_path):
     from typer.testing import CliRunner
 
-    from serve.cli import app
+    from pixelfleet.serve.cli import app
 
     result = CliRunner().invoke(app, ["export", "onnx", "--model", str(WEIGHTS), "--output", str(tmp_path), "--int8"])
     assert result.exit_code == 0, result.output
@@ -103,7 +103,7 @@ def test_export_onnx_command(tmp_path):
 
 
 def test_auto_precision_picks_bf16_only_where_the_cpu_has_it(reference):
-    from deployments.runtime import auto_precision, cpu_has_native_bf16
+    from pixelfleet.models.runtime import auto_precision, cpu_has_native_bf16
 
     upscaler = Upscaler(WEIGHTS, num_threads=2, precision="auto")
     assert upscaler.precision == ("bfloat16" if cpu_has_native_bf16() else "float32") == auto_precision("cpu")

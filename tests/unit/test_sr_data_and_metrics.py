@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from tests.conftest import synthetic_photo
-from train.metrics import character_error_rate, levenshtein, psnr_y, rgb_to_y, ssim_y
-from train.sr_data import bicubic_resize, crop_to_multiple, list_images, make_lr, random_patch_pairs, random_rescale, to_nchw_float
+from pixelfleet.models.metrics import character_error_rate, levenshtein, psnr_y, rgb_to_y, ssim_y
+from pixelfleet.train.sr_data import bicubic_resize, crop_to_multiple, list_images, make_lr, random_patch_pairs, random_rescale, to_nchw_float
 
 
 def test_crop_and_lr_sizes():

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from deployments.superres import merge_channels, split_channels
-from serve.errors import InvalidInput
+from pixelfleet.deployments.superres.upscaler import merge_channels, split_channels
+from pixelfleet.models.errors import InvalidInput
 from tests.conftest import synthetic_photo
 
 

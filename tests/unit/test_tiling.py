@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from deployments.srnet import SRResNet, to_tensor, to_uint8, upscale_whole
-from deployments.tiling import axis_cuts, axis_starts, split_tiles, stitch_tiles
+from pixelfleet.models.srnet import SRResNet, to_tensor, to_uint8, upscale_whole
+from pixelfleet.deployments.superres.tiling import axis_cuts, axis_starts, split_tiles, stitch_tiles
 from tests.conftest import synthetic_photo
 
 
@@ -56,8 +56,8 @@ def test_stitch_checks_tile_count():
 
 def test_upscale_of_an_image_smaller_than_a_tile_equals_whole_image():
     """No padding: the served upscale of a small image is exactly the whole-image upscale."""
-    from deployments.superres import Upscaler
-    from serve.config import BUILTIN_WEIGHTS
+    from pixelfleet.deployments.superres.upscaler import Upscaler
+    from pixelfleet.models.modelcard import BUILTIN_WEIGHTS
 
     upscaler = Upscaler(BUILTIN_WEIGHTS / "srresnet-x4", num_threads=2)
     image = synthetic_photo(37, 61)

@@ -11,13 +11,13 @@ import torch
 import yaml
 from pydantic import ValidationError
 
-from deployments.modelcard import SRArchitecture
-from deployments.srnet import SRResNet
-from train.srgan.config import GanConfig, load_config, parse_assignment
-from train.srgan.gan import VGG_LAYERS, Discriminator, VGGFeatureLoss, discriminator_loss, vgg19_features
-from train.srgan.run import RunStateError, changed_training_fields, check_run_dir, cpus_per_worker, scaling_config
-from train.metrics import rgb_to_y
-from train.srgan.steps import EarlyStopper, GanParts, Precision, gan_step, luma, pixel_loss, psnr_step, resolve_precision, weight_average
+from pixelfleet.models.modelcard import SRArchitecture
+from pixelfleet.models.srnet import SRResNet
+from pixelfleet.train.srgan.config import GanConfig, load_config, parse_assignment
+from pixelfleet.train.srgan.gan import VGG_LAYERS, Discriminator, VGGFeatureLoss, discriminator_loss, vgg19_features
+from pixelfleet.train.srgan.run import RunStateError, changed_training_fields, check_run_dir, cpus_per_worker, scaling_config
+from pixelfleet.models.metrics import rgb_to_y
+from pixelfleet.train.srgan.steps import EarlyStopper, GanParts, Precision, gan_step, luma, pixel_loss, psnr_step, resolve_precision, weight_average
 
 REPO = Path(__file__).resolve().parents[2]
 MINIMAL = {"output": "out", "data": {"train": ["a"], "val": "b"}}
@@ -225,7 +225,7 @@ def test_cpus_per_worker_leaves_room_for_ray_data():
 
 
 def test_grown_generator_computes_the_same_then_trains_deeper():
-    from train.srgan.loop import grow_blocks
+    from pixelfleet.train.srgan.loop import grow_blocks
 
     torch.manual_seed(0)
     small = SRResNet(scale=2, channels=8, blocks=2, upsampler="single").eval()

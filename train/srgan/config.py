@@ -17,7 +17,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from deployments.modelcard import SRArchitecture
+from pixelfleet.models.modelcard import SRArchitecture
 
 
 class _Strict(BaseModel):

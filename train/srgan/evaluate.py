@@ -13,9 +13,9 @@ import numpy as np
 from PIL import Image
 from torch import nn
 
-from deployments.srnet import upscale_whole
-from train.metrics import psnr_y, ssim_y
-from train.sr_data import PairedImage, bicubic_resize
+from pixelfleet.models.srnet import upscale_whole
+from pixelfleet.models.metrics import psnr_y, ssim_y
+from pixelfleet.train.sr_data import PairedImage, bicubic_resize
 
 Upscale = Callable[[np.ndarray], np.ndarray]  # (h, w, 3) uint8 -> (h*s, w*s, 3) uint8
 

@@ -23,13 +23,13 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from deployments.modelcard import ModelCard, SRArchitecture, SRMetrics
-from deployments.srnet import SRResNet, build_model, load_model, save_model
-from train.sr_data import list_images, load_pairs, to_nchw_float
-from train.srgan.config import SRTrainConfig
-from train.srgan.evaluate import evaluate_pairs
-from train.srgan.gan import Discriminator, VGGFeatureLoss
-from train.srgan.steps import EarlyStopper, GanParts, Precision, gan_step, psnr_step, resolve_precision, weight_average
+from pixelfleet.models.modelcard import ModelCard, SRArchitecture, SRMetrics
+from pixelfleet.models.srnet import SRResNet, build_model, load_model, save_model
+from pixelfleet.train.sr_data import list_images, load_pairs, to_nchw_float
+from pixelfleet.train.srgan.config import SRTrainConfig
+from pixelfleet.train.srgan.evaluate import evaluate_pairs
+from pixelfleet.train.srgan.gan import Discriminator, VGGFeatureLoss
+from pixelfleet.train.srgan.steps import EarlyStopper, GanParts, Precision, gan_step, psnr_step, resolve_precision, weight_average
 
 TRAIN_STATE = "train_state.pt"
 

@@ -14,10 +14,10 @@ import yaml
 from ray.train import CheckpointConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from deployments.modelcard import ModelCard, TrainingRecord
-from train.sr_data import patch_dataset
-from train.srgan.config import SRTrainConfig
-from train.srgan.loop import train_loop_per_worker
+from pixelfleet.models.modelcard import ModelCard, TrainingRecord
+from pixelfleet.train.sr_data import patch_dataset
+from pixelfleet.train.srgan.config import SRTrainConfig
+from pixelfleet.train.srgan.loop import train_loop_per_worker
 
 RUN_SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train's record of a run's checkpoints
 

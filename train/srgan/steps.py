@@ -14,9 +14,9 @@ from torch import nn
 from torch.nn import functional as F
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from deployments.runtime import cpu_has_native_bf16
-from train.srgan.config import GanConfig
-from train.srgan.gan import VGGFeatureLoss, discriminator_loss, generator_adversarial_loss
+from pixelfleet.models.runtime import cpu_has_native_bf16
+from pixelfleet.train.srgan.config import GanConfig
+from pixelfleet.train.srgan.gan import VGGFeatureLoss, discriminator_loss, generator_adversarial_loss
 
 logger = logging.getLogger(__name__)
 

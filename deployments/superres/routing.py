@@ -1,8 +1,10 @@
-"""Choosing the variant of a family that serves a request (pure functions, tested without Ray)."""
+"""Which super-resolution variants serve a request: one with the scale factor asked for, else a
+chain of variants whose factors multiply to it (progressive upscaling). Pure functions, tested
+without Ray."""
 
 from __future__ import annotations
 
-from serve.errors import UnknownModel, Unprocessable
+from pixelfleet.models.errors import UnknownModel, Unprocessable
 
 
 MAX_CHAIN = 3
@@ -63,16 +65,3 @@ def superres_chain(scales: dict[str, int], default: str, scale: int | None, mode
             return [by_scale[factor] for factor in chains[0]]
     served = ", ".join(map(str, reachable_scales(scales)))
     raise Unprocessable(f"scale {scale} is not served; scales served: {served}")
-
-
-def pick_ocr_variant(variants: list[str], default: str, model: str | None) -> str:
-    """The OCR variant for a request: ``model`` if given, else the default.
-
-    Raises:
-        UnknownModel: ``model`` is not a variant.
-    """
-    if model is None:
-        return default
-    if model not in variants:
-        raise UnknownModel(f"unknown OCR model {model!r}; served: {', '.join(sorted(variants))}")
-    return model

@@ -2,9 +2,22 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+
+#: Model folders shipped in the package, named in configs as ``builtin:NAME``.
+BUILTIN_WEIGHTS = Path(__file__).resolve().parent / "weights"
+BUILTIN_PREFIX = "builtin:"
+
+
+def resolve_model_folder(ref: str) -> Path:
+    """The folder a config's ``weights`` names: ``builtin:NAME`` (shipped), else a local path."""
+    if ref.startswith(BUILTIN_PREFIX):
+        return BUILTIN_WEIGHTS / ref.removeprefix(BUILTIN_PREFIX)
+    return Path(ref).expanduser()
 
 
 class SRArchitecture(BaseModel):

@@ -18,7 +18,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from deployments.srnet import load_model
+from pixelfleet.models.srnet import load_model
 
 logger = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn import functional as F
 
-from deployments.modelcard import ModelCard, SRArchitecture
+from pixelfleet.models.modelcard import ModelCard, SRArchitecture
 
 
 class ResidualBlock(nn.Module):

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 import numpy as np
 from PIL import Image
 
-from deployments.ocr_lines import OCRLine, check_image, quad_to_box, reading_order
+from pixelfleet.deployments.ocr.lines import OCRLine, check_image, quad_to_box, reading_order
 
 logger = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from serve.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
+from pixelfleet.models.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
 
 #: Formats accepted as input (Pillow's format names).
 INPUT_FORMATS = ("PNG", "JPEG", "WEBP", "TIFF", "AVIF", "BMP", "GIF")

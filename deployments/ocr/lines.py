@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from pydantic import BaseModel, Field
 
-from serve.errors import InvalidInput, PayloadTooLarge
+from pixelfleet.models.errors import InvalidInput, PayloadTooLarge
 
 MAX_PIXELS = 40_000_000
 """Largest image (H * W) a replica accepts; the ingress should refuse bigger ones first."""

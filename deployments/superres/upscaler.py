@@ -1,8 +1,6 @@
-"""The super-resolution family: a Ray Serve deployment that upscales images tile by tile.
-
-One replica serves one variant (one model folder). A request's image is cut into fixed-size
-overlapping tiles (``deployments/tiling.py``); every tile goes through one ``@serve.batch``
-method, so tiles of one big image and of concurrent requests share forward passes of one shape.
+"""Upscaling without Ray: a model folder on its backend (:class:`Upscaler`), the channel
+pre/post-processing, and the tile loop (:func:`upscale_tiled`) that the deployment drives with
+its ``@serve.batch`` method and that the CLI and benchmarks run directly.
 """
 
 from __future__ import annotations
@@ -10,22 +8,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
-from ray import serve
 
-from deployments.runtime import auto_precision, replica_threads
-from deployments.sr_onnx import OnnxSR, onnx_file
-from deployments.srnet import load_model, self_ensemble, to_uint8
-from deployments.tiling import crop_canvas, new_canvas, paste_tile, split_tiles
-from serve.errors import InvalidInput
+from pixelfleet.models.runtime import auto_precision
+from pixelfleet.models.sr_onnx import OnnxSR, onnx_file
+from pixelfleet.models.srnet import load_model, self_ensemble, to_uint8
+from pixelfleet.deployments.superres.tiling import crop_canvas, new_canvas, paste_tile, split_tiles
+from pixelfleet.models.errors import InvalidInput
 
-logger = logging.getLogger("ray.serve")
+logger = logging.getLogger(__name__)
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -67,9 +63,10 @@ class Upscaler:
     Args: ``folder`` (``model.json`` + ``model.safetensors``), ``backend`` torch|onnx,
     ``quantize`` none|int8 (onnx), ``device`` cpu|cuda (cuda falls back to CPU with a warning
     where none is present, and float16 then becomes float32), ``precision`` of autocast (``auto``:
-    :func:`deployments.runtime.auto_precision`; the onnx backend always runs float32)
+    :func:`pixelfleet.models.runtime.auto_precision`; the onnx backend always runs float32)
     (torch), ``num_threads`` for torch and ONNX Runtime, ``ensemble``: average each tile over its
-    eight flips and rotations (:func:`deployments.srnet.self_ensemble`, 8x the compute).
+    eight flips and rotations (:func:`pixelfleet.models.srnet.self_ensemble`, 8x the compute),
+    ``weights_ref``: the id to report (``builtin:NAME``) instead of the folder's path.
     """
 
     def __init__(
@@ -81,6 +78,7 @@ class Upscaler:
         precision: str = "float32",
         num_threads: int = 1,
         ensemble: bool = False,
+        weights_ref: str | None = None,
     ) -> None:
         torch.set_num_threads(num_threads)
         if device == "cuda" and not torch.cuda.is_available():
@@ -89,6 +87,7 @@ class Upscaler:
         if precision == "auto":
             precision = auto_precision(device) if backend == "torch" else "float32"
         self.folder, self.backend, self.quantize, self.ensemble = folder, backend, quantize, ensemble
+        self.weights_ref = weights_ref or folder.name  # what info() shows: the config's id, never a server path
         self.device, self.precision = torch.device(device), precision
         self.model, self.card = load_model(folder, device)
         # NHWC: oneDNN's and cuDNN's fast convolution layout (1.33x over NCHW in fp32 on a 2-core
@@ -128,7 +127,7 @@ class Upscaler:
         return {
             "scale": self.scale,
             "architecture": self.card.architecture.model_dump(),
-            "weights": str(self.folder),
+            "weights": self.weights_ref,
             "metrics": self.card.metrics.model_dump() if self.card.metrics else None,
             "training": self.card.training.model_dump() if self.card.training else None,
             "backend": self.backend,
@@ -166,75 +165,3 @@ async def upscale_tiled(
         for index, output in zip(indices, outputs):
             paste_tile(canvas, output, index, plan, scale)
     return merge_channels(crop_canvas(canvas, plan, scale), alpha, is_gray)
-
-
-@serve.deployment(max_ongoing_requests=16, max_queued_requests=64)
-class SuperResolution:
-    """One super-resolution variant: an :class:`Upscaler`, its tiles batched with ``@serve.batch``.
-
-    Args (from the app config's variant, ``serve/config.py``): ``variant`` name, ``weights``
-    folder, ``tile_size`` and ``overlap`` in LR pixels, ``max_batch_size`` tiles per forward
-    pass, ``batch_wait_timeout_s`` seconds, ``num_threads`` (default: the replica's CPUs), and
-    the :class:`Upscaler` options ``backend``, ``quantize``, ``device``, ``precision``, ``ensemble``.
-    """
-
-    def __init__(
-        self,
-        variant: str,
-        weights: str,
-        tile_size: int = 128,
-        overlap: int = 32,
-        max_batch_size: int = 16,
-        batch_wait_timeout_s: float = 0.01,
-        num_threads: int | None = None,
-        **upscaler_options: str,
-    ) -> None:
-        started = time.monotonic()
-        self.variant, self.tile_size, self.overlap, self.max_batch_size = variant, tile_size, overlap, max_batch_size
-        self.upscaler = Upscaler(Path(weights), num_threads=replica_threads(num_threads), **upscaler_options)
-        self._infer_tiles.set_max_batch_size(max_batch_size)
-        self._infer_tiles.set_batch_wait_timeout_s(batch_wait_timeout_s)
-        self.upscaler.forward(np.zeros((1, 3, tile_size, tile_size), dtype=np.float32))  # warm-up
-        self.load_seconds = time.monotonic() - started
-        logger.info("variant %s: x%d loaded from %s in %.1f s", variant, self.upscaler.scale, weights, self.load_seconds)
-
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
-    async def _infer_tiles(self, tiles: list[np.ndarray]) -> list[np.ndarray]:
-        """Batched: each item ``(3, h, w)`` uint8 -> ``(3, h*s, w*s)`` uint8.
-
-        Tiles are ``tile_size`` square, except that an image smaller than a tile is one tile of its
-        own size; one forward pass per distinct shape in the batch.
-        """
-        by_shape: dict[tuple[int, ...], list[int]] = {}
-        for index, tile in enumerate(tiles):
-            by_shape.setdefault(tile.shape, []).append(index)
-        outputs: list[np.ndarray] = [np.empty(0)] * len(tiles)
-        for indices in by_shape.values():
-            batch = np.stack([tiles[i] for i in indices]).astype(np.float32) / 255.0
-            upscaled = await asyncio.to_thread(self.upscaler.forward, batch)
-            for index, output in zip(indices, upscaled.transpose(0, 3, 1, 2)):
-                outputs[index] = output
-        return outputs
-
-    async def upscale(self, image: np.ndarray) -> np.ndarray:
-        """Upscale ``(H, W, C)`` uint8 (C in 1..4) to ``(H*scale, W*scale, C)`` uint8.
-
-        Raises:
-            InvalidInput: not a uint8 image array.
-        """
-        return await upscale_tiled(image, self.upscaler.scale, self.tile_size, self.overlap, self._infer_tiles, 4 * self.max_batch_size)
-
-    def info(self) -> dict:
-        """What ``GET /v1/models`` shows for this variant."""
-        return {
-            "variant": self.variant,
-            **self.upscaler.info(),
-            "tile_size": self.tile_size,
-            "overlap": self.overlap,
-            "max_batch_size": self.max_batch_size,
-            "load_seconds": round(self.load_seconds, 2),
-        }
-
-    def ready(self) -> bool:
-        """True once the model is loaded and warmed up (the constructor has returned)."""
-        return True

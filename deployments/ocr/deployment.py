@@ -1,0 +1,107 @@
+"""The OCR deployment: one variant (an engine) per deployment.
+
+It decodes the request's image in the replica, then wires together the engines (``engines.py``:
+Tesseract 5, the default, or RapidOCR's PP-OCRv4 on ONNX Runtime) and the text-line schema and
+helpers (``lines.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from ray import serve
+
+from pixelfleet.deployments.ocr.engines import build_engine, engine_options
+from pixelfleet.deployments.ocr.lines import check_image, render_text, to_result
+from pixelfleet.deployments.ocr.config import RecognizeParams
+from pixelfleet.deployments.resources import replica_threads
+from pixelfleet.deployments.spec import Limits, Result, VariantAddress, VariantDeployment
+from pixelfleet.models.errors import PixelfleetError
+from pixelfleet.models.images import decode_image, to_array, to_rgb
+from pixelfleet.models.metrics import character_error_rate
+
+logger = logging.getLogger(__name__)
+
+
+@serve.deployment(max_ongoing_requests=4, max_queued_requests=32)
+class OCR(VariantDeployment):
+    """One OCR variant: an engine built once, warmed up, then one call per image.
+
+    Args:
+        engine: ``"rapidocr"`` or ``"tesseract"``.
+        options: keyword options of the engine class (serialisable values).
+        variant: the variant's name in the config (reported by :meth:`info`).
+        limits: :class:`~pixelfleet.deployments.spec.Limits` as a dict (pixels of an input).
+        num_threads: RapidOCR's ONNX Runtime threads; default: the replica's CPUs rounded up
+            (Ray sets ``OMP_NUM_THREADS=1`` in replicas, so nothing else would use them). It
+            overrides ``options["intra_op_num_threads"]``.
+
+    Raises:
+        ValueError: unknown engine or bad options (the replica fails to start).
+    """
+
+    def __init__(
+        self,
+        engine: str,
+        options: dict | None = None,
+        variant: str = "",
+        num_threads: int | None = None,
+        limits: dict | None = None,
+    ) -> None:
+        self.engine_name, self.variant = engine, variant
+        self.limits = Limits.model_validate(limits or {})
+        options = dict(options or {})
+        if num_threads is not None and engine == "rapidocr":
+            options["intra_op_num_threads"] = num_threads
+        self.options = engine_options(engine, options, replica_threads())
+        self.engine = build_engine(engine, self.options)
+        self.engine.recognize(render_text("warm up 0123", font_size=32))
+        self._engine_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ocr-engine")  # engines are not thread-safe
+
+    async def ocr(self, image: bytes | np.ndarray, params: dict, route: list[VariantAddress]) -> Result:
+        """Recognise the text of an encoded image, or of ``(H, W, 3)`` uint8 RGB pixels:
+        ``OCRResult(...).model_dump()`` as JSON.
+
+        Raises:
+            InvalidInput, UnsupportedMediaType, PayloadTooLarge: a bad image.
+            PixelfleetError: the engine failed.
+        """
+        RecognizeParams.model_validate(params)
+        if isinstance(image, (bytes, bytearray)):
+            image = await asyncio.to_thread(lambda: to_rgb(to_array(decode_image(bytes(image), self.limits.max_pixels))))
+        result = await asyncio.get_running_loop().run_in_executor(self._engine_thread, self.recognize, image)
+        return Result(result, "application/json")
+
+    def compare(self, operation: str, primary: Result, own: Result, params: dict) -> float | None:
+        """Character error rate of this variant's text against the primary's."""
+        return character_error_rate(own.content["text"], primary.content["text"])
+
+    def recognize(self, image: np.ndarray) -> dict:
+        """``OCRResult(...).model_dump()`` of an ``(H, W, 3)`` uint8 RGB image.
+
+        Raises:
+            InvalidInput: wrong type, shape or dtype. PayloadTooLarge: over
+                :data:`deployments.ocr_lines.MAX_PIXELS`.
+            PixelfleetError: the engine failed (logged; the replica keeps serving).
+        """
+        image = check_image(image, self.limits.max_pixels)
+        try:
+            lines = self.engine.recognize(image)
+        except PixelfleetError:
+            raise
+        except Exception as error:
+            logger.exception("OCR engine %s failed on an image of shape %s", self.engine_name, image.shape)
+            raise PixelfleetError(f"OCR failed: {type(error).__name__}") from error
+        return to_result(lines).model_dump()
+
+    def info(self) -> dict:
+        """Variant, engine name, effective options and weight source, for ``GET /v1/models``."""
+        return {"variant": self.variant, "engine": self.engine_name, "options": self.options, "source": self.engine.source()}
+
+    def ready(self) -> bool:
+        """True: the constructor only returns once the engine is loaded and warmed up."""
+        return True

@@ -1,0 +1,155 @@
+"""The super-resolution deployment: one variant (one model folder) per deployment.
+
+A request's encoded image is decoded here, in the replica, cut into fixed-size overlapping tiles
+(``tiling.py``), and every tile goes through one ``@serve.batch`` method, so tiles of one big
+image and of concurrent requests share forward passes of one shape; the result is encoded here
+too. A scale no single variant has (x8 = x2 then x4) runs as a chain: the first variant of the
+route decodes, upscales, hands the pixels to the next variant's replica, and encodes the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+from ray import serve
+
+from pixelfleet.deployments.resources import replica_threads
+from pixelfleet.deployments.spec import Limits, Result, VariantAddress, VariantDeployment
+from pixelfleet.deployments.superres.config import UpscaleParams
+from pixelfleet.deployments.superres.upscaler import Upscaler, upscale_tiled
+from pixelfleet.models.errors import InvalidInput, PayloadTooLarge
+from pixelfleet.models.images import OUTPUT_MEDIA_TYPES, decode_image, encode_image, image_metadata, to_array
+from pixelfleet.models.metrics import psnr_y
+from pixelfleet.models.modelcard import resolve_model_folder
+
+logger = logging.getLogger("ray.serve")
+
+
+def _decode(data: bytes, max_pixels: int) -> tuple[np.ndarray, dict[str, bytes]]:
+    """Pixels ``(H, W, C)`` uint8 and the metadata (EXIF, ICC) to carry to the output."""
+    image = decode_image(data, max_pixels)
+    return to_array(image), image_metadata(image)
+
+
+def _check_pixels(image: np.ndarray, max_pixels: int) -> np.ndarray:
+    """An ``(H, W, C)`` uint8 array (C in 1..4) within ``max_pixels``; raises InvalidInput, PayloadTooLarge."""
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] not in (1, 2, 3, 4):
+        raise InvalidInput("expected (H, W, C) uint8 pixels with C in 1..4")
+    if image.shape[0] * image.shape[1] > max_pixels:
+        raise PayloadTooLarge(f"image of {image.shape[0] * image.shape[1]} pixels is over the limit of {max_pixels}")
+    return image
+
+
+@serve.deployment(max_ongoing_requests=16, max_queued_requests=64)
+class SuperResolution(VariantDeployment):
+    """One super-resolution variant: an :class:`Upscaler`, its tiles batched with ``@serve.batch``.
+
+    Args (from the family config's variant, ``config.py``): ``variant`` name, ``limits``
+    (:class:`~pixelfleet.deployments.spec.Limits` as a dict), ``weights`` (``builtin:NAME`` or a
+    folder), ``tile_size`` and ``overlap`` in LR pixels, ``max_batch_size`` tiles per forward
+    pass, ``batch_wait_timeout_s`` seconds, ``num_threads`` (default: the replica's CPUs), and the
+    :class:`Upscaler` options ``backend``, ``quantize``, ``device``, ``precision``, ``ensemble``.
+    """
+
+    def __init__(
+        self,
+        variant: str,
+        weights: str,
+        limits: dict | None = None,
+        tile_size: int = 128,
+        overlap: int = 32,
+        max_batch_size: int = 16,
+        batch_wait_timeout_s: float = 0.01,
+        num_threads: int | None = None,
+        **upscaler_options: str,
+    ) -> None:
+        started = time.monotonic()
+        self.variant, self.tile_size, self.overlap, self.max_batch_size = variant, tile_size, overlap, max_batch_size
+        self.limits = Limits.model_validate(limits or {})
+        folder = resolve_model_folder(weights)
+        self.upscaler = Upscaler(Path(folder), num_threads=replica_threads(num_threads), weights_ref=weights, **upscaler_options)
+        self._infer_tiles.set_max_batch_size(max_batch_size)
+        self._infer_tiles.set_batch_wait_timeout_s(batch_wait_timeout_s)
+        self.upscaler.forward(np.zeros((1, 3, tile_size, tile_size), dtype=np.float32))  # warm-up
+        self.load_seconds = time.monotonic() - started
+        logger.info("variant %s: x%d loaded from %s in %.1f s", variant, self.upscaler.scale, weights, self.load_seconds)
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
+    async def _infer_tiles(self, tiles: list[np.ndarray]) -> list[np.ndarray]:
+        """Batched: each item ``(3, h, w)`` uint8 -> ``(3, h*s, w*s)`` uint8.
+
+        Tiles are ``tile_size`` square, except that an image smaller than a tile is one tile of its
+        own size; one forward pass per distinct shape in the batch.
+        """
+        by_shape: dict[tuple[int, ...], list[int]] = {}
+        for index, tile in enumerate(tiles):
+            by_shape.setdefault(tile.shape, []).append(index)
+        outputs: list[np.ndarray] = [np.empty(0)] * len(tiles)
+        for indices in by_shape.values():
+            batch = np.stack([tiles[i] for i in indices]).astype(np.float32) / 255.0
+            upscaled = await asyncio.to_thread(self.upscaler.forward, batch)
+            for index, output in zip(indices, upscaled.transpose(0, 3, 1, 2)):
+                outputs[index] = output
+        return outputs
+
+    async def upscale_pixels(self, image: np.ndarray) -> np.ndarray:
+        """One stage: ``(H, W, C)`` uint8 (C in 1..4) -> ``(H*scale, W*scale, C)`` uint8.
+
+        Raises:
+            InvalidInput: not a uint8 image array.
+        """
+        return await upscale_tiled(image, self.upscaler.scale, self.tile_size, self.overlap, self._infer_tiles, 4 * self.max_batch_size)
+
+    async def upscale(self, image: bytes | np.ndarray, params: dict, route: list[VariantAddress]) -> Result:
+        """Upscale an encoded image (PNG, JPEG, WebP, TIFF, AVIF, BMP, GIF) or ``(H, W, C)`` uint8
+        pixels through every variant of ``route`` (this one first); answer in kind: the image
+        encoded as ``params["format"]``, EXIF and ICC carried over, or pixels.
+
+        Raises:
+            InvalidInput, UnsupportedMediaType: not a decodable image.
+            PayloadTooLarge: input over ``max_pixels`` or output over ``max_output_pixels``.
+            Unprocessable: bad ``params``.
+        """
+        options = UpscaleParams.model_validate(params)
+        if isinstance(image, (bytes, bytearray)):
+            pixels, metadata = await asyncio.to_thread(_decode, bytes(image), self.limits.max_pixels)
+        else:
+            pixels, metadata = _check_pixels(image, self.limits.max_pixels), None
+        total = options.scale or self.upscaler.scale
+        output_pixels = pixels.shape[0] * pixels.shape[1] * total * total
+        if output_pixels > self.limits.max_output_pixels:
+            raise PayloadTooLarge(f"the x{total} output would have {output_pixels} pixels; the limit is {self.limits.max_output_pixels}")
+        pixels = await self.upscale_pixels(pixels)
+        for stage in route[1:]:  # progressive upscaling: the next variants of the chain, on their replicas
+            pixels = await stage.handle().upscale_pixels.remote(pixels)
+        if metadata is None:
+            return Result(pixels, "application/octet-stream")
+        encoded = await asyncio.to_thread(encode_image, pixels, options.format, metadata)
+        return Result(encoded, OUTPUT_MEDIA_TYPES[options.format])
+
+    def compare(self, operation: str, primary: Result, own: Result, params: dict) -> float | None:
+        """PSNR-Y in dB between the primary's and this variant's output (100 when identical)."""
+        decode = lambda r: r.content if isinstance(r.content, np.ndarray) else to_array(decode_image(r.content, 10**9))  # noqa: E731
+        a, b = decode(primary), decode(own)
+        if a.shape != b.shape or a.shape[2] != 3:
+            return None
+        return min(psnr_y(a, b, border=0), 100.0)  # identical images: 100 dB, not inf
+
+    def info(self) -> dict:
+        """What ``GET /v1/models`` shows for this variant (no server paths)."""
+        return {
+            "variant": self.variant,
+            **self.upscaler.info(),
+            "tile_size": self.tile_size,
+            "overlap": self.overlap,
+            "max_batch_size": self.max_batch_size,
+            "load_seconds": round(self.load_seconds, 2),
+        }
+
+    def ready(self) -> bool:
+        """True once the model is loaded and warmed up (the constructor has returned)."""
+        return True

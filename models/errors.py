@@ -1,0 +1,93 @@
+"""One exception hierarchy for everything a request can get wrong, each with its HTTP status.
+
+It sits below every layer (serve, deployments, train import it; it imports nothing of ours). The
+ingress maps :class:`PixelfleetError` to a JSON body ``{"error": {"code", "message",
+"request_id"}}`` in one place (``serve/errors.py``). Deployments raise these too; Ray re-raises
+them at the caller as instances of the same class, so the mapping holds across handles.
+"""
+
+from __future__ import annotations
+
+
+class PixelfleetError(Exception):
+    """Base class: ``status`` is the HTTP status code, ``code`` a stable machine-readable name,
+    ``headers`` extra HTTP response headers."""
+
+    status: int = 500
+    code: str = "internal_error"
+    headers: dict[str, str] = {}
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __reduce__(self):  # keep the message when Ray pickles the exception across processes
+        return (type(self), (self.message,))
+
+
+class InvalidInput(PixelfleetError):
+    """The request is malformed: not an image, a truncated file, a bad parameter value."""
+
+    status, code = 400, "invalid_input"
+
+
+class UnknownModel(PixelfleetError):
+    """The request names a model or variant that the config does not serve."""
+
+    status, code = 404, "unknown_model"
+
+
+class PayloadTooLarge(PixelfleetError):
+    """The body is over the byte limit, or the image over the pixel limit (decompression bombs)."""
+
+    status, code = 413, "payload_too_large"
+
+
+class UnsupportedMediaType(PixelfleetError):
+    """The content type or the image format is not one that pixelfleet reads."""
+
+    status, code = 415, "unsupported_media_type"
+
+
+class Unprocessable(PixelfleetError):
+    """A field is missing or out of range for this model (e.g. a scale no variant serves)."""
+
+    status, code = 422, "unprocessable"
+
+
+class Overloaded(PixelfleetError):
+    """A model's queue is full (``max_queued_requests``); the client should retry shortly."""
+
+    status, code = 503, "overloaded"
+    headers = {"Retry-After": "1"}
+
+
+class NotFound(PixelfleetError):
+    """No such route, family or resource."""
+
+    status, code = 404, "not_found"
+
+
+class MethodNotAllowed(PixelfleetError):
+    """The route exists but not with this HTTP method."""
+
+    status, code = 405, "method_not_allowed"
+
+
+class Conflict(PixelfleetError):
+    """The request contradicts the current state (e.g. a variant that already exists)."""
+
+    status, code = 409, "conflict"
+
+
+class InternalError(PixelfleetError):
+    """An unexpected failure inside the ingress or a replica; the message never holds a stack trace."""
+
+    status, code = 500, "internal_error"
+
+
+class ModelUnavailable(PixelfleetError):
+    """A variant's replicas are not running (starting, or failed to load)."""
+
+    status, code = 503, "model_unavailable"
+    headers = {"Retry-After": "5"}
