@@ -21,6 +21,10 @@ eval_app = typer.Typer(help="Evaluate models on a data set.", no_args_is_help=Tr
 app.add_typer(eval_app, name="eval")
 models_app = typer.Typer(help="Model folders that configs can name.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
+traffic_app = typer.Typer(help="A/B traffic of a running app: weights, shadows, and a report from its metrics.", no_args_is_help=True)
+app.add_typer(traffic_app, name="traffic")
+variants_app = typer.Typer(help="Variants of a running app's families: list, add, remove.", no_args_is_help=True)
+app.add_typer(variants_app, name="variants")
 
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "local.yaml"
@@ -189,6 +193,172 @@ def status(address: str = typer.Option("auto", help="Ray cluster address")) -> N
     from pixelfleet.serve.runner import print_status
 
     raise typer.Exit(print_status(address))
+
+
+# ---- the admin commands: a running app over HTTP (logic in admin_client.py and report.py) ----
+
+URL_OPTION = typer.Option("http://127.0.0.1:8000", "--url", envvar="PIXELFLEET_URL", help="the app's base URL")
+
+
+def _admin_call(url: str, call):
+    """``call(client)`` against the app at ``url``; an error answer or no connection: the
+    message on stderr and exit 1."""
+    import httpx
+
+    from pixelfleet.serve.admin_client import AdminClient, AdminError
+
+    try:
+        with AdminClient(url) as client:
+            return call(client)
+    except AdminError as err:
+        typer.echo(f"error {err.status}{f' ({err.code})' if err.code else ''}: {err.message}", err=True)
+    except httpx.HTTPError as err:
+        typer.echo(f"cannot reach {url}: {err}", err=True)
+    raise typer.Exit(1)
+
+
+def _console():
+    """A rich console for the admin commands' tables (without importing Ray, as runner.console does)."""
+    from rich.console import Console
+
+    return Console(soft_wrap=True)
+
+
+def _parsed(parse, items: list[str], hint: str):
+    """``parse(items)``; a ValueError is a usage error (exit 2)."""
+    try:
+        return parse(items)
+    except ValueError as err:
+        raise typer.BadParameter(str(err), param_hint=hint) from None
+
+
+@traffic_app.command("show")
+def traffic_show(url: str = URL_OPTION) -> None:
+    """Every family's variants: weight, share of requests, shadow fraction, default."""
+    from pixelfleet.serve.admin_client import traffic_table
+
+    console = _console()
+    traffic = _admin_call(url, lambda c: c.traffic())
+    for family, info in traffic["families"].items():
+        console.print(traffic_table(family, info))
+
+
+@traffic_app.command("set")
+def traffic_set(
+    family: str = typer.Argument(..., help="the family, e.g. superres"),
+    weights: Optional[list[str]] = typer.Argument(None, help="VARIANT=WEIGHT ... (weights >= 0, shares are weight / sum); omitted: unchanged"),
+    shadow: list[str] = typer.Option([], "--shadow", help="VARIANT=FRACTION of requests copied to it, in (0, 1] (repeatable; replaces the shadows)"),
+    clear_shadow: bool = typer.Option(False, "--clear-shadow", help="no shadows"),
+    url: str = URL_OPTION,
+) -> None:
+    """Change a family's A/B weights and/or shadows (PUT /v1/traffic/FAMILY), live and persisted."""
+    from pixelfleet.serve.admin_client import parse_number_assignments, traffic_table
+
+    console = _console()
+    new_weights = _parsed(parse_number_assignments, weights or [], "VARIANT=WEIGHT") if weights else None
+    new_shadow = _parsed(lambda items: parse_number_assignments(items, "fraction"), shadow, "--shadow") if shadow else None
+    if clear_shadow and shadow:
+        raise typer.BadParameter("give --shadow or --clear-shadow, not both", param_hint="--clear-shadow")
+    if clear_shadow:
+        new_shadow = {}
+    if new_weights is None and new_shadow is None:
+        raise typer.BadParameter("give VARIANT=WEIGHT arguments, --shadow or --clear-shadow", param_hint="VARIANT=WEIGHT")
+    changed = _admin_call(url, lambda c: c.set_traffic(family, new_weights, new_shadow))
+    console.print(traffic_table(family, changed))
+
+
+@traffic_app.command("report")
+def traffic_report(
+    family: str = typer.Argument(..., help="the family to report on"),
+    url: str = URL_OPTION,
+    metrics_url: Optional[str] = typer.Option(None, "--metrics-url", help="Prometheus text to read; default: URL/metrics"),
+    operation: Optional[str] = typer.Option(None, help="only this operation (default: all of the family's)"),
+    alpha: float = typer.Option(0.05, min=1e-6, max=0.5, help="significance level of each test"),
+    power: float = typer.Option(0.8, min=0.5, max=0.999, help="power the sample size is computed for"),
+    mde: float = typer.Option(0.01, min=1e-6, max=1.0, help="smallest error-rate difference worth deciding on (absolute, 0.01 = 1 point)"),
+    json_: bool = typer.Option(False, "--json", help="print the report as JSON"),
+) -> None:
+    """Compare a family's variants from the app's metrics, each against the highest-weight variant.
+
+    Requests, 5xx and 4xx, latency p50/p95/p99, shadows; Fisher's exact test on the error
+    rates, a chi-square test on the latency buckets, and the requests per arm needed to decide.
+    """
+    import json
+
+    from pixelfleet.serve.report import build_report, report_table, verdict_lines
+
+    console = _console()
+    traffic, text = _admin_call(url, lambda c: (c.traffic(), c.metrics_text(metrics_url)))
+    if family not in traffic["families"]:
+        typer.echo(f"unknown family {family!r}; served: {', '.join(sorted(traffic['families']))}", err=True)
+        raise typer.Exit(1)
+    info = traffic["families"][family]
+    try:
+        report = build_report(text, family, info["weights"], info.get("default"), operation, info.get("variants", ()), alpha, power, mde)
+    except ValueError as err:
+        typer.echo(f"{metrics_url or url + '/metrics'} is not Prometheus text: {err}", err=True)
+        raise typer.Exit(1) from None
+    if json_:
+        typer.echo(json.dumps(report, indent=2))
+        return
+    console.print(report_table(report))
+    for line in verdict_lines(report):
+        console.print(line)
+
+
+@variants_app.command("list")
+def variants_list(
+    family: Optional[str] = typer.Argument(None, help="only this family"),
+    url: str = URL_OPTION,
+) -> None:
+    """Every family's variants (GET /v1/models): weight, shadow, default, and their cards."""
+    from pixelfleet.serve.admin_client import variants_table
+
+    console = _console()
+    families = _admin_call(url, lambda c: c.models())["families"]
+    if family is not None and family not in families:
+        typer.echo(f"unknown family {family!r}; served: {', '.join(sorted(families))}", err=True)
+        raise typer.Exit(1)
+    for name, listing in families.items():
+        if family in (None, name):
+            console.print(variants_table(name, listing))
+
+
+@variants_app.command("add")
+def variants_add(
+    family: str = typer.Argument(..., help="the family, e.g. superres"),
+    name: str = typer.Argument(..., help="the new variant's id"),
+    weights: Optional[str] = typer.Option(None, "--weights", help="its weights: a model folder or builtin:NAME, as in the config (families that load weights need it)"),
+    set_: list[str] = typer.Option([], "--set", help="another field of the variant's config: --set tile_size=128 (YAML value; repeatable)"),
+    num_cpus: Optional[float] = typer.Option(None, "--num-cpus", min=0, help="CPUs per replica (ray_actor_options)"),
+    num_gpus: Optional[float] = typer.Option(None, "--num-gpus", min=0, help="GPUs per replica (ray_actor_options)"),
+    replicas: Optional[int] = typer.Option(None, "--replicas", min=1, help="number of replicas"),
+    url: str = URL_OPTION,
+) -> None:
+    """Deploy a new variant at weight 0 (POST /v1/variants/FAMILY); waits until its replica runs."""
+    from pixelfleet.serve.admin_client import ADD_TIMEOUT_S, parse_settings, traffic_table, variant_request
+
+    console = _console()
+    settings = _parsed(parse_settings, set_, "--set")
+    body = variant_request(name, weights, settings, num_cpus, num_gpus, replicas)
+    added = _admin_call(url, lambda c: c.add_variant(family, body, ADD_TIMEOUT_S))
+    console.print(f"added {family}/{name} (Serve application {added['app']}) at weight 0")
+    console.print(traffic_table(family, added["traffic"]))
+
+
+@variants_app.command("remove")
+def variants_remove(
+    family: str = typer.Argument(..., help="the family"),
+    name: str = typer.Argument(..., help="the variant (weight 0 and no shadow share first)"),
+    url: str = URL_OPTION,
+) -> None:
+    """Take a variant out of service (DELETE /v1/variants/FAMILY/NAME)."""
+    from pixelfleet.serve.admin_client import traffic_table
+
+    console = _console()
+    removed = _admin_call(url, lambda c: c.remove_variant(family, name))
+    console.print(f"removed {family}/{name}")
+    console.print(traffic_table(family, removed["traffic"]))
 
 
 def main() -> None:
