@@ -171,4 +171,7 @@ def build_api(ingress: "Ingress") -> FastAPI:
             _add_operation_route(api, ingress, name, operation)
     _add_meta_routes(api, ingress)
     _add_admin_routes(api, ingress)
+    from pixelfleet.serve.oip import build_router  # here: oip imports this module's helpers
+
+    api.include_router(build_router(ingress))
     return api
