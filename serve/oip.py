@@ -67,7 +67,7 @@ RESERVED_PARAMETERS = frozenset(
     {"sequence_id", "sequence_start", "sequence_end", "priority", "timeout", "headers", BINARY_DATA_OUTPUT, CONTENT_TYPE, "operation"}
 )
 RESERVED_PREFIX = "triton_"
-_EMPTY_OK, _EMPTY_FALSE = 200, 400  # health: 200 is true, a 4xx false
+HEALTH_TRUE, HEALTH_FALSE = 200, 400  # health statuses: 200 is true, a 4xx false (empty body)
 
 
 # ---- pure helpers ----
@@ -183,7 +183,7 @@ def output_modes(request: InferenceRequest, tensor: Tensor) -> list[tuple[Tensor
 
 
 def _health(ok: bool) -> Response:
-    return Response(status_code=_EMPTY_OK if ok else _EMPTY_FALSE)
+    return Response(status_code=HEALTH_TRUE if ok else HEALTH_FALSE)
 
 
 def build_router(ingress: "Ingress") -> APIRouter:
