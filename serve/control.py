@@ -37,6 +37,8 @@ def deployed_config() -> ServeDeploySchema | None:
     details = _client().get_serve_details()
     applications = []
     for app in details.get("applications", {}).values():
+        if app.get("status") == "DELETING":  # on its way out: not part of what is deployed
+            continue
         config = app.get("deployed_app_config")
         if config is None:
             return None

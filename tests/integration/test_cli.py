@@ -32,16 +32,16 @@ def test_up_serves_then_stops_on_sigterm():
     port = _free_port()
     env = {**os.environ, "RAY_ADDRESS": "", "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(
-        [sys.executable, "-m", "serve.cli", "up", "--port", str(port)],
+        [sys.executable, "-m", "pixelfleet.serve.cli", "up", "--port", str(port)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
     )  # fmt: skip
     try:
         output = "".join(wait_for_line(process, "Press Ctrl-C to stop", timeout_s=300))
         assert f"pixelfleet is serving at http://127.0.0.1:{port}" in output
-        assert "superres/srresnet-x4 (default): x4" in output and "ocr/tesseract (default)" in output
+        assert "superres/srresnet-x4 (default): scale 4" in output and "ocr/tesseract (default)" in output
         assert httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=30).status_code == 200
 
-        status = subprocess.run([sys.executable, "-m", "serve.cli", "status"], capture_output=True, text=True, timeout=120)
+        status = subprocess.run([sys.executable, "-m", "pixelfleet.serve.cli", "status"], capture_output=True, text=True, timeout=120)
         assert status.returncode == 0, status.stderr[-2000:]
         assert "pixelfleet: RUNNING" in status.stdout and "superres-srresnet-x4: HEALTHY" in status.stdout
     finally:

@@ -1,0 +1,225 @@
+"""A/B traffic through the running app: proportions and stickiness (checked statistically),
+shadows, live weight changes, variants added, promoted and removed under load, and a restart.
+
+The test-only family ``invert`` (tests/families/invert.py) carries these tests: variant ``a``
+inverts, ``b`` returns the image unchanged, ``slow`` inverts after 0.5 s, so the answer itself
+shows which variant served it, and hundreds of requests cost little.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import numpy as np
+import pytest
+from scipy.stats import chisquare
+
+from tests.conftest import synthetic_photo
+from tests.integration.conftest import INVERT_KIND, open_image, png_bytes
+
+pytestmark = pytest.mark.integration
+
+IMAGE = synthetic_photo(12, 16)
+PNG = png_bytes(IMAGE)
+
+
+def invert(client: httpx.Client, caller: str | None = None, **params) -> httpx.Response:
+    headers = {"Content-Type": "image/png", **({"X-Client-Id": caller} if caller else {})}
+    return client.post("/v1/invert", content=PNG, headers=headers, params=params)
+
+
+def served_by(response: httpx.Response) -> str:
+    assert response.status_code == 200, response.text
+    variant = response.headers["x-pixelfleet-variant"].removeprefix("invert/")
+    pixels = np.asarray(open_image(response.content))
+    expected = IMAGE if variant == "b" else 255 - IMAGE
+    assert np.array_equal(pixels, expected), f"{variant} answered another variant's image"
+    return variant
+
+
+def set_traffic(client: httpx.Client, family: str = "invert", **body) -> dict:
+    response = client.put(f"/v1/traffic/{family}", json=body)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+@pytest.fixture
+def restore_invert(client):
+    yield
+    set_traffic(client, weights={"a": 1.0}, shadow={})
+
+
+def many(client: httpx.Client, callers: list[str | None], **params) -> list[str]:
+    with ThreadPoolExecutor(8) as pool:
+        return list(pool.map(lambda caller: served_by(invert(client, caller, **params)), callers))
+
+
+def test_ab_split_follows_the_weights_and_sticks_to_each_caller(client, restore_invert):
+    set_traffic(client, weights={"a": 0.7, "b": 0.3})
+    callers = [f"caller-{i}" for i in range(400)]
+    first = many(client, callers)
+    counts = Counter(first)
+    assert chisquare([counts["a"], counts["b"]], [280, 120]).pvalue > 1e-3, counts
+    assert many(client, callers) == first, "a caller must reach the same variant while the weights stand"
+    anonymous = Counter(many(client, [None] * 400))
+    assert chisquare([anonymous["a"], anonymous["b"]], [280, 120]).pvalue > 1e-3, anonymous
+    assert set(many(client, callers[:40], model="b")) == {"b"}, "an explicit model overrides the split"
+
+
+def test_traffic_is_listed_and_bad_changes_are_422(client):
+    listing = client.get("/v1/traffic").json()["families"]
+    assert set(listing) >= {"superres", "ocr", "invert"}
+    assert listing["invert"]["variants"] == ["a", "b", "slow"]
+    for body, message in [
+        ({"weights": {"a": 1, "zz": 1}}, "unknown variant 'zz'"),
+        ({"weights": {"a": -1}}, ">= 0"),
+        ({"weights": {"a": 0}}, "more than 0"),
+        ({"shadow": {"b": 2}}, "(0, 1]"),
+        ({"weights": {"a": "lots"}}, "valid number"),
+    ]:
+        response = client.put("/v1/traffic/invert", json=body)
+        assert response.status_code == 422, response.text
+        assert message in response.json()["error"]["message"]
+    response = client.put("/v1/traffic/nope", json={"weights": {"a": 1}})
+    assert response.status_code == 404 and response.json()["error"]["code"] == "not_found"
+    assert client.get("/v1/traffic").json()["families"]["invert"]["weights"] == {"a": 1.0}
+
+
+def test_shadow_copies_never_change_the_callers_answer_or_wait_for_the_shadow(client, restore_invert):
+    """``slow`` answers after 0.5 s; with every request shadowed to it, each caller still gets
+    ``a``'s answer and no request waits for the shadow."""
+    set_traffic(client, weights={"a": 1.0}, shadow={"slow": 1.0, "b": 1.0})
+    seconds = []
+    for i in range(12):
+        started = time.monotonic()
+        assert served_by(invert(client, f"shadowed-{i}")) == "a"
+        seconds.append(time.monotonic() - started)
+    assert np.median(seconds) < 0.5, f"a caller waited for the shadow: {seconds}"
+
+
+def test_live_weight_changes_under_load_fail_no_request(client, restore_invert):
+    failures, served = [], Counter()
+    stop = threading.Event()
+
+    def load() -> None:
+        with httpx.Client(base_url=str(client.base_url), timeout=60) as own:
+            i = 0
+            while not stop.is_set():
+                response = invert(own, f"load-{i % 50}")
+                if response.status_code != 200:
+                    failures.append(response.text)
+                else:
+                    served[served_by(response)] += 1
+                i += 1
+
+    threads = [threading.Thread(target=load) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    try:
+        for weights in ({"a": 0.5, "b": 0.5}, {"b": 1.0}, {"a": 0.9, "b": 0.1}, {"a": 1.0}):
+            set_traffic(client, weights=weights)
+            time.sleep(1.0)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    assert not failures, failures[:3]
+    assert served["a"] > 0 and served["b"] > 0
+
+
+def _replica_names(family_prefix: str) -> set[str]:
+    import ray
+
+    return {a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if f"#{family_prefix}" in a["name"]}
+
+
+def test_variant_added_shadowed_promoted_and_removed_under_load(client, app_url):
+    """A new variant joins at weight 0 as its own deployment (no other replica restarts), is
+    shadowed, takes 10%, then 100%, and is removed after the traffic moves back; a stream of
+    requests meanwhile sees no failure."""
+    before = _replica_names("invert-") | _replica_names("Ingress")
+    failures, served = [], Counter()
+    stop = threading.Event()
+
+    def load() -> None:
+        with httpx.Client(base_url=app_url, timeout=120) as own:
+            i = 0
+            while not stop.is_set():
+                response = invert(own, f"promote-{i % 40}")
+                if response.status_code != 200:
+                    failures.append(response.text)
+                else:
+                    served[response.headers["x-pixelfleet-variant"]] += 1
+                i += 1
+
+    threads = [threading.Thread(target=load) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    try:
+        added = client.post("/v1/variants/invert", json={"name": "c", "config": {"mode": "invert"}, "deployment": {"ray_actor_options": {"num_cpus": 0}}}, timeout=300)
+        assert added.status_code == 201, added.text
+        assert added.json()["traffic"]["weights"]["c"] == 0.0
+        assert client.post("/v1/variants/invert", json={"name": "c", "config": {}}).status_code == 409
+        set_traffic(client, shadow={"c": 1.0})
+        time.sleep(1.0)
+        set_traffic(client, weights={"a": 0.9, "c": 0.1}, shadow={})
+        time.sleep(1.0)
+        set_traffic(client, weights={"c": 1.0})
+        time.sleep(1.0)
+        assert {served_by(invert(client, f"after-{i}")) for i in range(20)} == {"c"}
+        set_traffic(client, weights={"a": 1.0})
+        assert client.delete("/v1/variants/invert/a").status_code == 422  # still has all the traffic
+        removed = client.delete("/v1/variants/invert/c", timeout=120)
+        assert removed.status_code == 200, removed.text
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+        set_traffic(client, weights={"a": 1.0}, shadow={})
+    assert not failures, failures[:3]
+    assert served["invert/c"] > 0 and served["invert/a"] > 0
+    assert "c" not in client.get("/v1/traffic").json()["families"]["invert"]["variants"]
+    assert before <= _replica_names("invert-") | _replica_names("Ingress"), "a replica of the app restarted"
+
+
+def test_traffic_and_added_variants_survive_a_restart_of_the_app(app_url, tmp_path):
+    """A second app with its own state file: change its weights and add a variant, delete the
+    app, deploy the same config again as ``pixelfleet up`` does: both come back."""
+    from ray import serve
+    from ray.serve.schema import ServeApplicationSchema
+
+    from pixelfleet.serve import control
+    from pixelfleet.serve.runner import wait_until_running, with_added_variants
+
+    app = ServeApplicationSchema(
+        name="persist", route_prefix="/persist", import_path="pixelfleet.serve.app:build_app",
+        args={"families": {"invert": {"kind": INVERT_KIND, "default": "a", "variants": {"a": {}, "b": {"mode": "identity"}}}},
+              "state": {"path": str(tmp_path / "state.json")}},
+        deployments=[{"name": n, "ray_actor_options": {"num_cpus": 0}} for n in ("Ingress", "invert-a", "invert-b")],
+    )  # fmt: skip
+    original = control.deployed_config()
+    assert original is not None
+    deploy = original.model_copy(deep=True)
+    deploy.applications.append(app)
+    control.submit(deploy)
+    wait_until_running("persist", 300)
+    with httpx.Client(base_url=f"{app_url}/persist", timeout=300) as persist:
+        set_traffic(persist, weights={"a": 0.25, "b": 0.75})
+        assert persist.post("/v1/variants/invert", json={"name": "extra", "config": {}, "deployment": {"ray_actor_options": {"num_cpus": 0}}}).status_code == 201
+        control.submit(original)  # the app and its added variant are gone
+        deadline = time.monotonic() + 120
+        while "persist" in serve.status().applications and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert "persist" not in serve.status().applications
+        control.submit(with_added_variants(deploy))  # what pixelfleet up does with the config
+        wait_until_running("persist", 300)
+        wait_until_running("persist-invert-extra", 300)
+        traffic = persist.get("/v1/traffic").json()["families"]["invert"]
+        assert traffic["weights"] == {"a": 0.25, "b": 0.75, "extra": 0.0}
+        assert traffic["variants"] == ["a", "b", "extra"]
+        assert persist.post("/v1/invert", content=PNG, headers={"Content-Type": "image/png"}, params={"model": "extra"}).status_code == 200
+    control.submit(original)
