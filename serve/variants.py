@@ -119,8 +119,6 @@ async def remove_variant(ingress: "Ingress", family: str, variant: str) -> dict:
         raise Unprocessable(f"{family} has no variant {variant!r}")
     if serving.traffic.weights.get(variant, 0) > 0 or variant in serving.traffic.shadow:
         raise Unprocessable(f"move {family}/{variant}'s traffic and shadow share to other variants first")
-    if variant == serving.config.default and variant in serving.config.variants:
-        raise Unprocessable(f"{variant!r} is the default of {family} in the config")
     state = ingress.state.model_copy(deep=True)
     added = state.added.get(family, {}).pop(variant, None)
     if added is None:
@@ -128,9 +126,24 @@ async def remove_variant(ingress: "Ingress", family: str, variant: str) -> dict:
     traffic = state.families.get(family) or serving.traffic
     state.families[family] = FamilyTraffic(weights={k: w for k, w in traffic.weights.items() if k != variant}, shadow=traffic.shadow)
     await ingress.commit(state)
-    if added is not None:
-        deployed = await asyncio.to_thread(control.deployed_config)
-        if deployed is not None:
+    deployed = await asyncio.to_thread(control.deployed_config)
+    if deployed is not None:
+        if added is not None:
             deployed.applications = [a for a in deployed.applications if a.name != added.app]
-            await asyncio.to_thread(control.submit, deployed)
+        else:
+            _scale_to_zero(deployed, ingress.app_name, deployment_name(family, variant))
+        await asyncio.to_thread(control.submit, deployed)
     return {"family": family, "variant": variant, "removed": True, "traffic": ingress.traffic()["families"][family]}
+
+
+SCALED_TO_ZERO = {"min_replicas": 0, "initial_replicas": 0, "max_replicas": 1, "downscale_delay_s": 0.0, "downscale_to_zero_delay_s": 0.0}
+
+
+def _scale_to_zero(deployed, app_name: str, name: str) -> None:
+    """Let deployment ``name`` of ``app_name`` scale to zero replicas (it gets no traffic)."""
+    app = next(a for a in deployed.applications if a.name == app_name)
+    options = next((d for d in app.deployments if d.name == name), None)
+    data = options.model_dump(exclude_unset=True) if options is not None else {"name": name}
+    data.pop("num_replicas", None)
+    data["autoscaling_config"] = SCALED_TO_ZERO
+    app.deployments = [d for d in app.deployments if d.name != name] + [DeploymentSchema.model_validate(data)]
