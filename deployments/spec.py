@@ -22,6 +22,9 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ray.serve import Deployment
 
+from pixelfleet.deployments import telemetry
+from pixelfleet.deployments.telemetry import CallContext
+
 ENTRY_POINT_GROUP = "pixelfleet.families"
 
 
@@ -141,7 +144,22 @@ class VariantAddress:
 
 
 class VariantDeployment:
-    """Mixin of every family deployment: the shadow call, built on the family's operations."""
+    """Mixin of every family deployment: the traced call and the shadow call, built on the
+    family's operations."""
+
+    async def invoke(self, method: str, *args: Any, context: CallContext | None = None, **kwargs: Any) -> Any:
+        """``await self.<method>(*args, **kwargs)`` inside the caller's trace and request: how the
+        ingress calls an operation (and ``shadow``), so the replica's span is a child of the
+        ingress's and the request counts in ``pixelfleet_queue_length`` (``telemetry.py``).
+
+        Raises:
+            AttributeError: no such public method. What the method raises.
+        """
+        if method.startswith("_"):
+            raise AttributeError(method)
+        target = getattr(self, method)
+        with telemetry.serving(method, context):
+            return await target(*args, **kwargs)
 
     async def shadow(self, operation: str, image: bytes | np.ndarray, params: dict, route: list[VariantAddress], primary: Result) -> float | None:
         """Run ``operation`` as the primary did and return the family's agreement with the
@@ -174,7 +192,7 @@ class FamilySpec:
             makes one variant. It implements every operation as
             ``async def <name>(image: bytes | np.ndarray, params: dict, route: list[VariantAddress])
             -> Result`` (``route``: the variants that serve the request, itself first), plus
-            ``info()`` and ``ready()``; it subclasses :class:`VariantDeployment` (shadows).
+            ``info()`` and ``ready()``; it subclasses :class:`VariantDeployment` (traced calls, shadows).
             ``bind(variant=NAME, limits=Limits dict, **variant_config)`` makes one variant.
         operations: the family's operations; the first is its OIP v2 default.
         agreement: the name of what ``compare`` returns (``psnr_y_db``, ``cer``), or None.

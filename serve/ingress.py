@@ -25,11 +25,13 @@ from pydantic import BaseModel, ValidationError
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from pixelfleet.deployments import telemetry
 from pixelfleet.deployments.spec import FamilyConfig, FamilySpec, Operation, Result, VariantAddress, deployment_name
 from pixelfleet.models.errors import NotFound, UnknownModel, Unprocessable
 from pixelfleet.serve import control, metrics
 from pixelfleet.serve.config import AppConfig, state_path
 from pixelfleet.serve.errors import as_pixelfleet_error, describe_validation
+from pixelfleet.serve.observability import trace_export, traced
 from pixelfleet.serve.traffic import FamilyTraffic, TrafficState, load_state, newest, pick_variant, shadow_targets
 
 logger = logging.getLogger("ray.serve")
@@ -194,6 +196,7 @@ class Ingress:
         except ValueError as err:
             raise Unprocessable(str(err)) from None
 
+    @traced
     async def infer(
         self, family_name: str, operation_name: str, image: Any, params: dict[str, Any], model: str | None = None, caller: str | None = None
     ) -> Answer:
@@ -212,10 +215,11 @@ class Ingress:
         cards = await self.cards(family)
         route = [family.variants[v] for v in family.spec.plan(operation, options, chosen, explicit, cards)]
         label = "+".join(address.variant for address in route)
+        telemetry.annotate(variant=label)
         payload = options.model_dump(mode="json")
         started = time.monotonic()
         try:
-            result = await self._call(family, label, getattr(family.handle(route[0].variant), operation.name).remote(image, payload, route))
+            result = await self._call(family, label, family.handle(route[0].variant).invoke.remote(operation.name, image, payload, route, context=self._context(family, route[0].variant)))
         except Exception as err:
             metrics.record_request(family.name, label, operation.name, getattr(err, "status", 500), time.monotonic() - started)
             raise
@@ -223,6 +227,10 @@ class Ingress:
         if not explicit:
             self._shadow(family, operation, options, chosen, image, payload, result, cards)
         return Answer(result, label, family.name)
+
+    def _context(self, family: Family, variant: str) -> telemetry.CallContext:
+        """Trace context and request id for a call to ``variant`` (``VariantDeployment.invoke``)."""
+        return telemetry.call_context(family.name, variant, trace_export(self.config))
 
     def _shadow(self, family: Family, operation: Operation, options: BaseModel, primary: str, image: Any, payload: dict, result: Result, cards: dict) -> None:
         """Copy the request to the sampled shadow variants, after the primary answered; their
@@ -240,7 +248,7 @@ class Ingress:
             metrics.record_shadow(family.name, variant, "skipped", None, None)
             return
         try:
-            agreement = await family.handle(variant).shadow.remote(operation.name, image, payload, route, primary)
+            agreement = await family.handle(variant).invoke.remote("shadow", operation.name, image, payload, route, primary, context=self._context(family, variant))
         except Exception as err:
             logger.warning("shadow %s/%s failed: %s", family.name, variant, as_pixelfleet_error(err, f"{family.name}/{variant}").message)
             metrics.record_shadow(family.name, variant, "error", time.monotonic() - started, None)

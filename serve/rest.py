@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 import pixelfleet
+from pixelfleet.deployments.telemetry import request_id as serve_request_id
 from pixelfleet.deployments.spec import Operation
 from pixelfleet.models.images import OUTPUT_MEDIA_TYPES
 from pixelfleet.serve.errors import REQUEST_ID_HEADER, install_error_handlers
@@ -142,6 +143,14 @@ def _add_meta_routes(api: FastAPI, ingress: "Ingress") -> None:
         ready = all(states.values())
         return JSONResponse({"ready": ready, "variants": states}, status_code=200 if ready else 503)
 
+    @api.get("/metrics", tags=["meta"], response_class=Response, responses={200: {"content": {"text/plain": {}}}})
+    async def prometheus_metrics() -> Response:
+        """Prometheus text of the whole Ray cluster: every alive node's metrics agent, merged
+        (``ray_pixelfleet_*`` series of every replica; ``serve/observability.py``)."""
+        from pixelfleet.serve.observability import CONTENT_TYPE, cluster_exposition
+
+        return Response(await cluster_exposition(), media_type=CONTENT_TYPE)
+
 
 def _request_id(request: Request) -> str:
     given = request.headers.get(REQUEST_ID_HEADER, "")
@@ -161,9 +170,16 @@ def build_api(ingress: "Ingress") -> FastAPI:
 
     @api.middleware("http")
     async def request_id(request: Request, call_next):
-        request.state.request_id = _request_id(request)
+        # Behind Serve's HTTP proxy the id is Serve's: the X-Request-Id given (or one it made),
+        # which it writes on the replicas' log lines, carries into handle calls and echoes on
+        # every response itself (X-Request-ID); setting the header here too would send it twice.
+        served = serve_request_id()
+        request.state.request_id = served or _request_id(request)
         response = await call_next(request)
-        response.headers[REQUEST_ID_HEADER] = request.state.request_id
+        if served:
+            del response.headers[REQUEST_ID_HEADER]  # the error handlers set it; the proxy adds it
+        else:
+            response.headers[REQUEST_ID_HEADER] = request.state.request_id
         return response
 
     for name, family in ingress.families.items():

@@ -8,13 +8,16 @@ helpers (``lines.py``).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from ray import serve
 
+from pixelfleet.deployments import telemetry
 from pixelfleet.deployments.ocr.engines import build_engine, engine_options
 from pixelfleet.deployments.ocr.lines import check_image, render_text, to_result
 from pixelfleet.deployments.ocr.config import RecognizeParams
@@ -24,7 +27,7 @@ from pixelfleet.models.errors import PixelfleetError
 from pixelfleet.models.images import decode_image, to_array, to_rgb
 from pixelfleet.models.metrics import character_error_rate
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("ray.serve")  # Serve's replica log, each line with the request id
 
 
 @serve.deployment(max_ongoing_requests=4, max_queued_requests=32)
@@ -52,6 +55,7 @@ class OCR(VariantDeployment):
         num_threads: int | None = None,
         limits: dict | None = None,
     ) -> None:
+        started = time.monotonic()
         self.engine_name, self.variant = engine, variant
         self.limits = Limits.model_validate(limits or {})
         options = dict(options or {})
@@ -61,6 +65,7 @@ class OCR(VariantDeployment):
         self.engine = build_engine(engine, self.options)
         self.engine.recognize(render_text("warm up 0123", font_size=32))
         self._engine_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ocr-engine")  # engines are not thread-safe
+        telemetry.record_load(variant, time.monotonic() - started)
 
     async def ocr(self, image: bytes | np.ndarray, params: dict, route: list[VariantAddress]) -> Result:
         """Recognise the text of an encoded image, or of ``(H, W, 3)`` uint8 RGB pixels:
@@ -72,8 +77,10 @@ class OCR(VariantDeployment):
         """
         RecognizeParams.model_validate(params)
         if isinstance(image, (bytes, bytearray)):
-            image = await asyncio.to_thread(lambda: to_rgb(to_array(decode_image(bytes(image), self.limits.max_pixels))))
-        result = await asyncio.get_running_loop().run_in_executor(self._engine_thread, self.recognize, image)
+            with telemetry.span("decode"):
+                image = await asyncio.to_thread(lambda: to_rgb(to_array(decode_image(bytes(image), self.limits.max_pixels))))
+        with telemetry.span("inference", engine=self.engine_name):  # the engine thread runs in this request's context (logs, spans)
+            result = await asyncio.get_running_loop().run_in_executor(self._engine_thread, contextvars.copy_context().run, self.recognize, image)
         return Result(result, "application/json")
 
     def compare(self, operation: str, primary: Result, own: Result, params: dict) -> float | None:

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from ray import serve
 
+from pixelfleet.deployments import telemetry
 from pixelfleet.deployments.resources import replica_threads
 from pixelfleet.deployments.spec import Limits, Result, VariantAddress, VariantDeployment
 from pixelfleet.deployments.superres.config import UpscaleParams
@@ -76,6 +77,7 @@ class SuperResolution(VariantDeployment):
         self._infer_tiles.set_batch_wait_timeout_s(batch_wait_timeout_s)
         self.upscaler.forward(np.zeros((1, 3, tile_size, tile_size), dtype=np.float32))  # warm-up
         self.load_seconds = time.monotonic() - started
+        telemetry.record_load(variant, self.load_seconds)
         logger.info("variant %s: x%d loaded from %s in %.1f s", variant, self.upscaler.scale, weights, self.load_seconds)
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
@@ -85,6 +87,7 @@ class SuperResolution(VariantDeployment):
         Tiles are ``tile_size`` square, except that an image smaller than a tile is one tile of its
         own size; one forward pass per distinct shape in the batch.
         """
+        telemetry.record_batch(self.variant, len(tiles))
         by_shape: dict[tuple[int, ...], list[int]] = {}
         for index, tile in enumerate(tiles):
             by_shape.setdefault(tile.shape, []).append(index)
@@ -116,19 +119,22 @@ class SuperResolution(VariantDeployment):
         """
         options = UpscaleParams.model_validate(params)
         if isinstance(image, (bytes, bytearray)):
-            pixels, metadata = await asyncio.to_thread(_decode, bytes(image), self.limits.max_pixels)
+            with telemetry.span("decode"):
+                pixels, metadata = await asyncio.to_thread(_decode, bytes(image), self.limits.max_pixels)
         else:
             pixels, metadata = _check_pixels(image, self.limits.max_pixels), None
         total = options.scale or self.upscaler.scale
         output_pixels = pixels.shape[0] * pixels.shape[1] * total * total
         if output_pixels > self.limits.max_output_pixels:
             raise PayloadTooLarge(f"the x{total} output would have {output_pixels} pixels; the limit is {self.limits.max_output_pixels}")
-        pixels = await self.upscale_pixels(pixels)
-        for stage in route[1:]:  # progressive upscaling: the next variants of the chain, on their replicas
-            pixels = await stage.handle().upscale_pixels.remote(pixels)
+        with telemetry.span("inference", scale=total):
+            pixels = await self.upscale_pixels(pixels)
+            for stage in route[1:]:  # progressive upscaling: the next variants of the chain, on their replicas
+                pixels = await stage.handle().invoke.remote("upscale_pixels", pixels, context=telemetry.call_context(stage.family, stage.variant))
         if metadata is None:
             return Result(pixels, "application/octet-stream")
-        encoded = await asyncio.to_thread(encode_image, pixels, options.format, metadata)
+        with telemetry.span("encode", format=options.format):
+            encoded = await asyncio.to_thread(encode_image, pixels, options.format, metadata)
         return Result(encoded, OUTPUT_MEDIA_TYPES[options.format])
 
     def compare(self, operation: str, primary: Result, own: Result, params: dict) -> float | None:

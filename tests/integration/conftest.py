@@ -19,6 +19,7 @@ from PIL import Image
 
 from pixelfleet.serve.cli import DEFAULT_CONFIG
 from pixelfleet.serve.runner import load_serve_config, start_local
+from tests.integration.otlp_receiver import OtlpReceiver
 
 APP_NAME = "pixelfleet"
 MAX_BODY_BYTES = 2 * 1024 * 1024
@@ -35,7 +36,14 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def app_url(tmp_path_factory) -> Iterator[str]:
+def otlp_receiver() -> Iterator[OtlpReceiver]:
+    """Where the app exports its spans (``tracing.otlp_endpoint``): an OTLP/HTTP receiver here."""
+    with OtlpReceiver() as receiver:
+        yield receiver
+
+
+@pytest.fixture(scope="session")
+def app_url(tmp_path_factory, otlp_receiver) -> Iterator[str]:
     import ray
     from ray import serve
     from ray.serve.schema import DeploymentSchema
@@ -43,6 +51,7 @@ def app_url(tmp_path_factory) -> Iterator[str]:
     schema = load_serve_config(DEFAULT_CONFIG, host="127.0.0.1", port=_free_port())
     app = schema.applications[0]
     app.args["limits"] = {"max_body_bytes": MAX_BODY_BYTES, "max_pixels": MAX_PIXELS, "max_output_pixels": MAX_OUTPUT_PIXELS}
+    app.args["tracing"] = {"otlp_endpoint": otlp_receiver.endpoint}
     app.args["state"] = {"path": str(tmp_path_factory.mktemp("state") / "state.json")}
     app.args["families"]["superres"]["variants"][ONNX_VARIANT] = {
         "weights": "builtin:srresnet-x4", "backend": "onnx", "tile_size": 64, "overlap": 16, "max_batch_size": 2, "num_threads": 1,
