@@ -37,6 +37,7 @@ class InvertParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     format: Literal["png", "webp"] = Field("png", description="output format")
+    fail: bool = Field(False, description="raise an unexpected exception in the replica (error-path tests)")
 
 
 @serve.deployment(max_ongoing_requests=32, max_queued_requests=256)
@@ -50,6 +51,8 @@ class Inverter(VariantDeployment):
     async def invert(self, image: bytes | np.ndarray, params: dict, route: list[VariantAddress]) -> Result:
         """``(H, W, C)`` uint8 -> ``255 - x`` (or the same), answered in kind."""
         options = InvertParams.model_validate(params)
+        if options.fail:
+            raise RuntimeError("unexpected failure at /srv/secret/model.py line 12")
         pixels = to_array(decode_image(image, self.limits.max_pixels)) if isinstance(image, bytes) else image
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
