@@ -34,7 +34,7 @@ def test_shipped_run_configs_validate():
     assert {p.stem for p in paths} >= {"srresnet-x4-stage1", "srresnet-x4-stage2", "srresnet-x4", "srresnet-x2", "srgan-x4"}
     for path in paths:
         cfg = load_config(path, {})
-        assert cfg.output in (Path("deployments/weights") / cfg.name, Path("runs") / cfg.name / "model")
+        assert cfg.output in (Path("models/weights") / cfg.name, Path("runs") / cfg.name / "model")
 
 def test_each_stage_starts_from_a_stage_that_has_a_config():
     configs = [load_config(path, {}) for path in (REPO / "train" / "configs").glob("*.yaml")]
