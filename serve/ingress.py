@@ -26,13 +26,13 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from pixelfleet.deployments import telemetry
-from pixelfleet.deployments.spec import FamilyConfig, FamilySpec, Operation, Result, VariantAddress, deployment_name
+from pixelfleet.deployments.spec import FamilyConfig, FamilySpec, Operation, Result, VariantAddress, check_traffic, deployment_name
 from pixelfleet.models.errors import NotFound, UnknownModel, Unprocessable
 from pixelfleet.serve import control, metrics
 from pixelfleet.serve.config import AppConfig, state_path
 from pixelfleet.serve.errors import as_pixelfleet_error, describe_validation
 from pixelfleet.serve.observability import trace_export, traced
-from pixelfleet.serve.traffic import FamilyTraffic, TrafficState, load_state, newest, pick_variant, shadow_targets
+from pixelfleet.serve.traffic import FamilyTraffic, TrafficState, load_state, newest, pick_variant, save_state, shadow_targets
 
 logger = logging.getLogger("ray.serve")
 READY_TIMEOUT_S = 2.0
@@ -87,7 +87,7 @@ class Ingress:
     def __init__(self, config: dict, variants: dict[str, dict[str, DeploymentHandle]]) -> None:
         self.config = AppConfig.model_validate(config)
         context = serve.get_replica_context()
-        self.app_name = context.app_name
+        self.app_name, self.deployment_name = context.app_name, context.deployment
         self.bound = variants
         self.state = newest(self._read_state_file())
         self.families: dict[str, Family] = {}
@@ -307,8 +307,6 @@ class Ingress:
             weights=family.traffic.weights if weights is None else weights,
             shadow=family.traffic.shadow if shadow is None else shadow,
         )
-        from pixelfleet.deployments.spec import check_traffic
-
         try:
             check_traffic(new.weights, new.shadow, set(family.variants))
         except ValueError as err:
@@ -321,8 +319,6 @@ class Ingress:
     async def commit(self, state: TrafficState) -> None:
         """Make ``state`` (one revision newer) the app's: the state file, this replica, and every
         ingress replica through Serve's ``user_config``."""
-        from pixelfleet.serve.traffic import save_state
-
         async with self._change_lock:
             state.revision = self.state.revision + 1
             await asyncio.to_thread(save_state, state_path(self.config), state)
@@ -335,11 +331,11 @@ class Ingress:
             logger.warning("the app was not deployed from a config; the traffic change holds on this ingress replica and in the state file")
             return
         app = next(a for a in schema.applications if a.name == self.app_name)
-        ingress = next((d for d in app.deployments if d.name == "Ingress"), None)
+        ingress = next((d for d in app.deployments if d.name == self.deployment_name), None)
         if ingress is None:
             from ray.serve.schema import DeploymentSchema
 
-            ingress = DeploymentSchema(name="Ingress")
+            ingress = DeploymentSchema(name=self.deployment_name)
             app.deployments.append(ingress)
         ingress.user_config = state.model_dump(mode="json")
         control.submit(schema)

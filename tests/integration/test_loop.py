@@ -9,9 +9,7 @@ session app's variants stay as the other tests expect them.
 
 from __future__ import annotations
 
-import threading
 import time
-from collections import Counter
 from pathlib import Path
 
 import httpx
@@ -20,6 +18,7 @@ import pytest
 
 from tests.conftest import synthetic_photo
 from tests.integration.conftest import open_image, png_bytes
+from tests.integration.load import background_load
 
 pytestmark = pytest.mark.integration
 
@@ -54,26 +53,14 @@ def upscale(client: httpx.Client, caller: str) -> httpx.Response:
 
 
 def test_trained_model_is_added_shadowed_promoted_and_the_old_one_removed_under_load(loop_app: str, trained_x4_model: Path):
-    failures, served = [], Counter()
-    stop = threading.Event()
-
-    def load() -> None:
-        with httpx.Client(base_url=loop_app, timeout=120) as own:
-            i = 0
-            while not stop.is_set():
-                response = upscale(own, f"user-{i % 30}")
-                if response.status_code != 200:
-                    failures.append(f"{response.status_code} {response.text[:300]}")
-                else:
-                    assert np.asarray(open_image(response.content)).shape == (96, 128, 3)
-                    served[response.headers["x-pixelfleet-variant"]] += 1
-                i += 1
+    def send(own: httpx.Client, i: int) -> httpx.Response:
+        response = upscale(own, f"user-{i % 30}")
+        if response.status_code == 200:
+            assert np.asarray(open_image(response.content)).shape == (96, 128, 3)
+        return response
 
     with httpx.Client(base_url=loop_app, timeout=600) as admin:
-        threads = [threading.Thread(target=load) for _ in range(2)]
-        for thread in threads:
-            thread.start()
-        try:
+        with background_load(loop_app, send, threads=2) as load:
             added = admin.post("/v1/variants/superres", json={
                 "name": "joined", "config": {"weights": str(trained_x4_model), "tile_size": 64, "overlap": 16, "num_threads": 1},
                 "deployment": {"ray_actor_options": {"num_cpus": 0}},
@@ -92,12 +79,8 @@ def test_trained_model_is_added_shadowed_promoted_and_the_old_one_removed_under_
             removed = admin.delete("/v1/variants/superres/srresnet-x4")
             assert removed.status_code == 200, removed.text
             time.sleep(2.0)
-        finally:
-            stop.set()
-            for thread in threads:
-                thread.join()
-        assert not failures, failures[:3]
-        assert served["superres/joined"] > 0 and served["superres/srresnet-x4"] > 0, served
+        assert not load.failures, load.failures[:3]
+        assert load.served["superres/joined"] > 0 and load.served["superres/srresnet-x4"] > 0, load.served
         traffic = admin.get("/v1/traffic").json()["families"]["superres"]
         assert traffic["variants"] == ["joined"] and traffic["weights"] == {"joined": 1.0}
         assert admin.post("/v1/superres", content=png_bytes(LR), headers={"Content-Type": "image/png"}, params={"model": "srresnet-x4"}).status_code == 404

@@ -8,7 +8,6 @@ shows which variant served it, and hundreds of requests cost little.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -20,6 +19,7 @@ from scipy.stats import chisquare
 
 from tests.conftest import synthetic_photo
 from tests.integration.conftest import INVERT_KIND, open_image, png_bytes
+from tests.integration.load import background_load
 
 pytestmark = pytest.mark.integration
 
@@ -102,33 +102,12 @@ def test_shadow_copies_never_change_the_callers_answer_or_wait_for_the_shadow(cl
 
 
 def test_live_weight_changes_under_load_fail_no_request(client, restore_invert):
-    failures, served = [], Counter()
-    stop = threading.Event()
-
-    def load() -> None:
-        with httpx.Client(base_url=str(client.base_url), timeout=60) as own:
-            i = 0
-            while not stop.is_set():
-                response = invert(own, f"load-{i % 50}")
-                if response.status_code != 200:
-                    failures.append(response.text)
-                else:
-                    served[served_by(response)] += 1
-                i += 1
-
-    threads = [threading.Thread(target=load) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    try:
+    with background_load(str(client.base_url), lambda own, i: invert(own, f"load-{i % 50}"), threads=4) as load:
         for weights in ({"a": 0.5, "b": 0.5}, {"b": 1.0}, {"a": 0.9, "b": 0.1}, {"a": 1.0}):
             set_traffic(client, weights=weights)
             time.sleep(1.0)
-    finally:
-        stop.set()
-        for thread in threads:
-            thread.join()
-    assert not failures, failures[:3]
-    assert served["a"] > 0 and served["b"] > 0
+    assert not load.failures, load.failures[:3]
+    assert load.served["invert/a"] > 0 and load.served["invert/b"] > 0
 
 
 def _replica_names(family_prefix: str) -> set[str]:
@@ -142,46 +121,27 @@ def test_variant_added_shadowed_promoted_and_removed_under_load(client, app_url)
     shadowed, takes 10%, then 100%, and is removed after the traffic moves back; a stream of
     requests meanwhile sees no failure."""
     before = _replica_names("invert-") | _replica_names("Ingress")
-    failures, served = [], Counter()
-    stop = threading.Event()
-
-    def load() -> None:
-        with httpx.Client(base_url=app_url, timeout=120) as own:
-            i = 0
-            while not stop.is_set():
-                response = invert(own, f"promote-{i % 40}")
-                if response.status_code != 200:
-                    failures.append(response.text)
-                else:
-                    served[response.headers["x-pixelfleet-variant"]] += 1
-                i += 1
-
-    threads = [threading.Thread(target=load) for _ in range(3)]
-    for thread in threads:
-        thread.start()
     try:
-        added = client.post("/v1/variants/invert", json={"name": "c", "config": {"mode": "invert"}, "deployment": {"ray_actor_options": {"num_cpus": 0}}}, timeout=300)
-        assert added.status_code == 201, added.text
-        assert added.json()["traffic"]["weights"]["c"] == 0.0
-        assert client.post("/v1/variants/invert", json={"name": "c", "config": {}}).status_code == 409
-        set_traffic(client, shadow={"c": 1.0})
-        time.sleep(1.0)
-        set_traffic(client, weights={"a": 0.9, "c": 0.1}, shadow={})
-        time.sleep(1.0)
-        set_traffic(client, weights={"c": 1.0})
-        time.sleep(1.0)
-        assert {served_by(invert(client, f"after-{i}")) for i in range(20)} == {"c"}
-        set_traffic(client, weights={"a": 1.0})
-        assert client.delete("/v1/variants/invert/a").status_code == 422  # still has all the traffic
-        removed = client.delete("/v1/variants/invert/c", timeout=120)
-        assert removed.status_code == 200, removed.text
+        with background_load(app_url, lambda own, i: invert(own, f"promote-{i % 40}")) as load:
+            added = client.post("/v1/variants/invert", json={"name": "c", "config": {"mode": "invert"}, "deployment": {"ray_actor_options": {"num_cpus": 0}}}, timeout=300)
+            assert added.status_code == 201, added.text
+            assert added.json()["traffic"]["weights"]["c"] == 0.0
+            assert client.post("/v1/variants/invert", json={"name": "c", "config": {}}).status_code == 409
+            set_traffic(client, shadow={"c": 1.0})
+            time.sleep(1.0)
+            set_traffic(client, weights={"a": 0.9, "c": 0.1}, shadow={})
+            time.sleep(1.0)
+            set_traffic(client, weights={"c": 1.0})
+            time.sleep(1.0)
+            assert {served_by(invert(client, f"after-{i}")) for i in range(20)} == {"c"}
+            set_traffic(client, weights={"a": 1.0})
+            assert client.delete("/v1/variants/invert/a").status_code == 422  # still has all the traffic
+            removed = client.delete("/v1/variants/invert/c", timeout=120)
+            assert removed.status_code == 200, removed.text
     finally:
-        stop.set()
-        for thread in threads:
-            thread.join()
         set_traffic(client, weights={"a": 1.0}, shadow={})
-    assert not failures, failures[:3]
-    assert served["invert/c"] > 0 and served["invert/a"] > 0
+    assert not load.failures, load.failures[:3]
+    assert load.served["invert/c"] > 0 and load.served["invert/a"] > 0
     assert "c" not in client.get("/v1/traffic").json()["families"]["invert"]["variants"]
     assert before <= _replica_names("invert-") | _replica_names("Ingress"), "a replica of the app restarted"
 
