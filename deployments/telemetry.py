@@ -223,14 +223,10 @@ def annotate(**attributes: Any) -> None:
 
 def request_id() -> str:
     """The current request's id as Ray Serve knows it (the ``X-Request-Id`` header, or the id Ray
-    made); ``""`` outside a request. Read from Ray Serve's request context (a private module:
-    Ray 2.60 has no public getter)."""
-    try:
-        from ray.serve.context import _get_serve_request_context
+    made); ``""`` outside a request (Ray 2.60 has no public getter: ``pixelfleet.ray_private``)."""
+    from pixelfleet.ray_private import current_request_id
 
-        return _get_serve_request_context().request_id or ""
-    except Exception:  # not in a Serve request
-        return ""
+    return current_request_id()
 
 
 def call_context(family: str, variant: str, export: TraceExport | None = None) -> CallContext:

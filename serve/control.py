@@ -3,9 +3,8 @@
 Ray Serve's public Python API deploys ``Application`` objects (``serve.run``); deploying a
 *config file* (what ``serve deploy``, ``serve run CONFIG`` and KubeRay do, and what keeps
 ``user_config`` and per-deployment options declarative) goes through the controller client,
-which Ray keeps private (``ray.serve._private``; the ``serve`` CLI and the dashboard's REST API
-call the same method). Every private call of pixelfleet sits in this module, so a Ray upgrade
-has one place to check.
+which Ray keeps private (the ``serve`` CLI and the dashboard's REST API
+call the same method). The private calls themselves sit in ``pixelfleet/ray_private.py``.
 """
 
 from __future__ import annotations
@@ -13,21 +12,14 @@ from __future__ import annotations
 from ray.serve.schema import ServeApplicationSchema, ServeDeploySchema
 
 
-def _client():
-    # Private: the controller client that `serve deploy` and the dashboard use (see the module docstring).
-    from ray.serve.context import _get_global_client
-
-    return _get_global_client()
+from pixelfleet.ray_private import controller_client as _client
+from pixelfleet.ray_private import serve_start
 
 
 def start_and_deploy(schema: ServeDeploySchema) -> None:
     """Start Serve with the config's HTTP options and submit the whole config (what
     ``serve run CONFIG`` does), without waiting for the applications to run."""
-    # Private: serve_start takes the config's http_options and proxy_location; serve.start() does too
-    # but would not let the same config be submitted declaratively afterwards.
-    from ray.serve._private import api as serve_api
-
-    client = serve_api.serve_start(http_options=schema.http_options.model_dump(), proxy_location=schema.proxy_location)
+    client = serve_start(schema.http_options.model_dump(), schema.proxy_location)
     client.deploy_apps(schema, _blocking=False)
 
 

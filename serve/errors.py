@@ -66,9 +66,7 @@ def as_pixelfleet_error(err: BaseException, where: str = "") -> PixelfleetError:
 def error_response(err: PixelfleetError, request: Request | None) -> JSONResponse:
     """The HTTP response of ``err``: REST's JSON form, or OIP's below ``/v2``."""
     request_id = getattr(request.state, "request_id", None) if request is not None else None
-    headers = dict(err.headers)
-    if request_id:
-        headers[REQUEST_ID_HEADER] = request_id
+    headers = dict(err.headers)  # X-Request-Id: Ray Serve's proxy adds it to every response
     if request is not None and request.url.path.startswith(OIP_PREFIX):
         return JSONResponse({"error": err.message}, status_code=err.status, headers=headers)
     body = {"error": {"code": err.code, "message": err.message, "request_id": request_id}}

@@ -51,12 +51,17 @@ def test_nothing_imports_the_top_level_folders_by_their_bare_names():
     assert not offenders, offenders
 
 
-def test_private_ray_serve_calls_stay_in_one_module():
-    """Every ``ray.serve._private`` / private context call of pixelfleet lives in serve/control.py."""
+PRIVATE_RAY = ("serve._private", "_get_global_client", "_get_serve_request_context", "_private.api")
+
+
+def test_private_ray_calls_stay_in_one_module():
+    """Every private Ray Serve call of pixelfleet lives in pixelfleet/ray_private.py."""
     offenders = [
-        str(path.relative_to(REPO))
-        for folder in ("serve", "deployments", "models", "train")
+        f"{path.relative_to(REPO)}: {name}"
+        for folder in ("serve", "deployments", "models", "train", "pixelfleet")
         for path in sorted((REPO / folder).rglob("*.py"))
-        if path.name != "control.py" and ("serve._private" in path.read_text() or "_get_global_client" in path.read_text())
+        if path.name != "ray_private.py"
+        for name in PRIVATE_RAY
+        if name in path.read_text()
     ]
     assert not offenders, offenders

@@ -1,0 +1,42 @@
+"""Every private Ray call of pixelfleet, in one module below all the layers.
+
+Ray Serve keeps three things we need private in Ray 2.60: the controller client that deploys a
+*config* (what ``serve deploy``, ``serve run CONFIG``, the dashboard's REST API and KubeRay use;
+the public ``serve.run`` deploys only ``Application`` objects), ``serve_start`` with a config's
+HTTP options, and the current request's context (its id). A Ray upgrade has this one file to
+check; ``tests/unit/test_layers.py`` keeps every other module off ``ray.serve._private`` and
+the private context functions.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def controller_client():
+    """The Serve controller client (``deploy_apps``, ``get_serve_details``).
+
+    Raises:
+        RayServeException: Serve is not running on the connected cluster.
+    """
+    from ray.serve.context import _get_global_client
+
+    return _get_global_client()
+
+
+def serve_start(http_options: dict[str, Any], proxy_location: Any):
+    """Start Serve with a config file's HTTP options; returns the controller client."""
+    from ray.serve._private import api as serve_api
+
+    return serve_api.serve_start(http_options=http_options, proxy_location=proxy_location)
+
+
+def current_request_id() -> str:
+    """The id of the Serve request being handled (the ``X-Request-Id`` header, or the one Ray
+    made); ``""`` outside a request."""
+    try:
+        from ray.serve.context import _get_serve_request_context
+
+        return _get_serve_request_context().request_id or ""
+    except Exception:  # not inside a Serve request
+        return ""
