@@ -64,6 +64,18 @@ def _shadow_agreement():
     )  # fmt: skip
 
 
+@cache
+def _shadow_agreement_accumulated():
+    from ray.serve import metrics
+
+    return metrics.Counter(
+        "pixelfleet_shadow_agreement_accumulated",
+        description="Sum of the shadows' agreement values (exact; Ray rebuilds a histogram's _sum from its buckets): "
+        "its rate over pixelfleet_shadow_agreement_count's is the mean agreement.",
+        tag_keys=("family", "variant", "measure"),
+    )
+
+
 def record_request(family: str, variant: str, operation: str, status: int, seconds: float) -> None:
     """One request answered by ``variant`` (``+``-joined for a chain) with HTTP ``status``."""
     tags = {"family": family, "variant": variant, "operation": operation}
@@ -77,4 +89,6 @@ def record_shadow(family: str, variant: str, outcome: str, seconds: float | None
     if seconds is not None:
         _shadow_latency().observe(seconds, tags={"family": family, "variant": variant})
     if agreement is not None and measure:
-        _shadow_agreement().observe(agreement, tags={"family": family, "variant": variant, "measure": measure})
+        tags = {"family": family, "variant": variant, "measure": measure}
+        _shadow_agreement().observe(agreement, tags=tags)
+        _shadow_agreement_accumulated().inc(agreement, tags=tags)

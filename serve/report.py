@@ -31,6 +31,7 @@ REQUESTS = "pixelfleet_requests"
 LATENCY = "pixelfleet_request_latency_seconds"
 SHADOW_REQUESTS = "pixelfleet_shadow_requests"
 SHADOW_AGREEMENT = "pixelfleet_shadow_agreement"
+SHADOW_AGREEMENT_ACCUMULATED = "pixelfleet_shadow_agreement_accumulated"
 PREFIX = "pixelfleet_"
 RAY_PREFIX = "ray_"
 SUFFIXES = ("_total", "_bucket", "_count", "_sum")
@@ -303,6 +304,7 @@ def arms_from_metrics(
     latency = histograms(samples, LATENCY, family, ("variant",))
     shadows = counter_totals(samples, SHADOW_REQUESTS, family, ("variant", "outcome"))
     agreement = histograms(samples, SHADOW_AGREEMENT, family, ("variant", "measure"))
+    accumulated = counter_totals(samples, SHADOW_AGREEMENT_ACCUMULATED, family, ("variant", "measure"))
     names = set(weights) | set(served) | {v for v, _ in requests} | {v for (v,) in latency} | {v for v, _ in shadows}
     arms = {name: Arm(name, weights.get(name, 0.0)) for name in sorted(names)}
     for (variant, status), count in requests.items():
@@ -317,8 +319,10 @@ def arms_from_metrics(
     for (variant, outcome), count in shadows.items():
         arms[variant].shadow[outcome] = round(count)
     for (variant, measure), histogram in agreement.items():
-        if variant in arms:
-            arms[variant].agreement[measure] = histogram.mean()
+        if variant in arms:  # the exact sum where recorded, else the histogram's (approximate under Ray)
+            total = accumulated.get((variant, measure))
+            count = histogram.count
+            arms[variant].agreement[measure] = total / count if total is not None and count else histogram.mean()
     return arms
 
 
@@ -424,7 +428,7 @@ def report_table(report: dict):
             str(row["errors_5xx"]), str(row["errors_4xx"]), _rate(row["error_rate"]), _milliseconds(row["latency_s"]), shadows,
             agreement or "-", _p(versus.get("error_p_value")), _p(versus.get("latency_p_value")),
         )  # fmt: skip
-    table.caption = "latency quantiles interpolated within the histogram's buckets; agreement: mean of _sum/_count (Ray approximates _sum by bucket midpoints)"
+    table.caption = "latency quantiles interpolated within the histogram's buckets; agreement: mean over the shadow copies compared"
     return table
 
 

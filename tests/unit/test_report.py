@@ -158,6 +158,19 @@ def test_a_variant_without_requests_has_no_data_and_shadows_are_counted():
     assert rows["slow"]["agreement"]["equal_fraction"] == pytest.approx(2.95 / 3)
 
 
+def test_mean_agreement_uses_the_exact_accumulated_sum_where_recorded():
+    """Ray rebuilds a histogram's _sum from bucket midpoints; the accumulating counter is exact."""
+    cluster = FakeCluster()
+    accumulated = Counter("ray_pixelfleet_shadow_agreement_accumulated", "sum", ["family", "variant", "measure", "replica"], registry=cluster.registry)
+    for value in (1.0, 0.2):
+        cluster.agreement.labels(FAMILY, "slow", "equal_fraction", "r1").observe(value)
+    accumulated.labels(FAMILY, "slow", "equal_fraction", "r1").inc(1.0 + 0.2)
+    cluster.shadows.labels(FAMILY, "slow", "ok", "r1").inc(2)
+    cluster.agreement.labels(FAMILY, "slow", "equal_fraction", "r1")._sum.set(0.0)  # what a midpoint replay could leave
+    rows = {row["variant"]: row for row in build_report(cluster.text(), FAMILY, {"a": 1.0})["variants"]}
+    assert rows["slow"]["agreement"]["equal_fraction"] == pytest.approx(0.6)
+
+
 def test_required_per_arm_matches_the_two_proportion_formula():
     # Fleiss, Levin and Paik (2003), no continuity correction: 5% vs 10% needs 435 per arm at alpha 0.05, power 0.8
     assert required_per_arm(0.05, 0.10) == 435
