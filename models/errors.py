@@ -31,6 +31,42 @@ class InvalidInput(PixelfleetError):
     status, code = 400, "invalid_input"
 
 
+AUTH_REALM = "pixelfleet"
+
+
+class Unauthorized(PixelfleetError):
+    """No credentials, or credentials that do not verify (RFC 6750 section 3.1: 401 with a
+    ``WWW-Authenticate: Bearer`` challenge; ``error="invalid_token"`` when a credential was given
+    and failed, no error code when none was given)."""
+
+    status, code = 401, "unauthorized"
+
+    def __init__(self, message: str, invalid_token: bool = False) -> None:
+        super().__init__(message)
+        self.invalid_token = invalid_token
+        challenge = f'Bearer realm="{AUTH_REALM}"' + (', error="invalid_token"' if invalid_token else "")
+        self.headers = {"WWW-Authenticate": challenge}
+
+    def __reduce__(self):
+        return (type(self), (self.message, self.invalid_token))
+
+
+class Forbidden(PixelfleetError):
+    """Valid credentials without the scope the route needs (RFC 6750 section 3.1: 403 with
+    ``error="insufficient_scope"`` and the ``scope`` needed)."""
+
+    status, code = 403, "forbidden"
+
+    def __init__(self, message: str, scope: str = "") -> None:
+        super().__init__(message)
+        self.scope = scope
+        challenge = f'Bearer realm="{AUTH_REALM}", error="insufficient_scope"' + (f', scope="{scope}"' if scope else "")
+        self.headers = {"WWW-Authenticate": challenge}
+
+    def __reduce__(self):
+        return (type(self), (self.message, self.scope))
+
+
 class UnknownModel(PixelfleetError):
     """The request names a model or variant that the config does not serve."""
 

@@ -13,9 +13,9 @@ against :class:`AppConfig`. Per-deployment resources (``num_cpus``, ``num_gpus``
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import Field, SerializeAsAny, field_validator
+from pydantic import Field, SerializeAsAny, field_validator, model_validator
 
 from pixelfleet.deployments.spec import FamilyConfig, FamilySpec, Limits, Strict, load_spec
 
@@ -36,6 +36,53 @@ class TracingConfig(Strict):
     service_name: str = "pixelfleet"
 
 
+Scope = Literal["infer", "jobs", "admin"]
+
+
+class ApiKeyConfig(Strict):
+    """One API key: its SHA-256 (``hash``, hex; what a file should hold), or ``key_env``, the
+    environment variable holding the plain key (a plain key never sits in a file)."""
+
+    name: str = Field(min_length=1, max_length=128, description="the caller's identity: logs and the sticky A/B key")
+    hash: str | None = Field(None, pattern="^[0-9a-fA-F]{64}$", description="hex SHA-256 of the key")
+    key_env: str | None = Field(None, min_length=1, description="environment variable that holds the plain key")
+    scopes: list[Scope] = Field(default_factory=lambda: ["infer"], description="infer, jobs, admin")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ApiKeyConfig:
+        if (self.hash is None) == (self.key_env is None):
+            raise ValueError(f"api key {self.name!r}: give exactly one of hash and key_env")
+        return self
+
+
+class JwtConfig(Strict):
+    """JWT bearer tokens (RFC 7519), verified locally: HS256 with a shared secret from an
+    environment variable, RS256/ES256 with a PEM public key file or a JWKS file (no network)."""
+
+    secret_env: str | None = Field(None, description="environment variable holding the HS256 secret (at least 32 bytes)")
+    public_key_file: str | None = Field(None, description="PEM public key: RSA (RS256) or EC P-256 (ES256)")
+    jwks_file: str | None = Field(None, description="JSON Web Key Set file (RFC 7517); keys picked by kid")
+    algorithms: list[Literal["HS256", "RS256", "ES256"]] = Field(["HS256", "RS256", "ES256"], description="accepted algorithms")
+    audience: str | None = Field(None, description="required aud claim, if set")
+    issuer: str | None = Field(None, description="required iss claim, if set")
+    leeway_s: float = Field(30.0, ge=0, le=300, description="clock skew allowed on exp/nbf/iat")
+
+    @model_validator(mode="after")
+    def _some_key(self) -> JwtConfig:
+        if not (self.secret_env or self.public_key_file or self.jwks_file):
+            raise ValueError("jwt needs secret_env, public_key_file or jwks_file")
+        return self
+
+
+class AuthConfig(Strict):
+    """Authentication of the HTTP routes (``serve/auth.py``); off by default. Keys come from
+    ``api_keys`` and from ``$PIXELFLEET_API_KEYS``; handle calls are never checked."""
+
+    enabled: bool = False
+    api_keys: list[ApiKeyConfig] = Field(default_factory=list)
+    jwt: JwtConfig | None = None
+
+
 class AppConfig(Strict):
     """``args`` of the pixelfleet application."""
 
@@ -43,6 +90,7 @@ class AppConfig(Strict):
     families: dict[str, SerializeAsAny[FamilyConfig]] = Field(description="family name -> its config block (kind, default, variants, traffic)")
     state: StateConfig = StateConfig()
     tracing: TracingConfig = TracingConfig()
+    auth: AuthConfig = AuthConfig()
 
     @field_validator("families", mode="before")
     @classmethod

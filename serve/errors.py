@@ -18,6 +18,7 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, 
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pixelfleet.models.errors import (
+    Forbidden,
     InternalError,
     InvalidInput,
     MethodNotAllowed,
@@ -26,6 +27,7 @@ from pixelfleet.models.errors import (
     Overloaded,
     PayloadTooLarge,
     PixelfleetError,
+    Unauthorized,
     Unprocessable,
     UnsupportedMediaType,
 )
@@ -34,7 +36,7 @@ logger = logging.getLogger("ray.serve")
 REQUEST_ID_HEADER = "X-Request-Id"
 OIP_PREFIX = "/v2"
 
-_BY_STATUS = {400: InvalidInput, 404: NotFound, 405: MethodNotAllowed, 413: PayloadTooLarge, 415: UnsupportedMediaType, 422: Unprocessable}
+_BY_STATUS = {400: InvalidInput, 401: Unauthorized, 403: Forbidden, 404: NotFound, 405: MethodNotAllowed, 413: PayloadTooLarge, 415: UnsupportedMediaType, 422: Unprocessable}
 
 
 def describe_validation(errors: list[dict]) -> str:
@@ -63,11 +65,20 @@ def as_pixelfleet_error(err: BaseException, where: str = "") -> PixelfleetError:
     return InternalError(f"internal error in {where}" if where else "internal error")
 
 
+def route_path(request: Request) -> str:
+    """The request's path below the application's route prefix (Serve's proxy sets ``root_path``
+    to the prefix and keeps it in ``path``): ``/v2/...`` for an app served at ``/app`` too."""
+    path, root = request.url.path, request.scope.get("root_path", "")
+    if root and path.startswith(root) and path[len(root) : len(root) + 1] in ("", "/"):
+        return path[len(root) :] or "/"
+    return path
+
+
 def error_response(err: PixelfleetError, request: Request | None) -> JSONResponse:
     """The HTTP response of ``err``: REST's JSON form, or OIP's below ``/v2``."""
     request_id = getattr(request.state, "request_id", None) if request is not None else None
     headers = dict(err.headers)  # X-Request-Id: Ray Serve's proxy adds it to every response
-    if request is not None and request.url.path.startswith(OIP_PREFIX):
+    if request is not None and route_path(request).startswith(OIP_PREFIX):
         return JSONResponse({"error": err.message}, status_code=err.status, headers=headers)
     body = {"error": {"code": err.code, "message": err.message, "request_id": request_id}}
     return JSONResponse(body, status_code=err.status, headers=headers)

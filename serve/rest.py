@@ -21,6 +21,7 @@ import pixelfleet
 from pixelfleet.deployments.telemetry import request_id as serve_request_id
 from pixelfleet.deployments.spec import Operation
 from pixelfleet.models.images import OUTPUT_MEDIA_TYPES
+from pixelfleet.serve.auth import Authenticator, install_auth
 from pixelfleet.serve.errors import REQUEST_ID_HEADER, install_error_handlers
 from pixelfleet.serve.uploads import IMAGE_FIELD, read_upload
 
@@ -55,7 +56,11 @@ def _query_model(operation: Operation) -> type[BaseModel]:
 
 
 def caller_of(request: Request) -> str | None:
-    """The caller's id for sticky A/B assignment: the ``X-Client-Id`` header, if given."""
+    """The caller's id for sticky A/B assignment: the authenticated caller's name when auth is on
+    (``serve/auth.py``; it overrides the header), else the ``X-Client-Id`` header, if given."""
+    principal = getattr(request.state, "principal", None)
+    if principal is not None:
+        return principal.name
     return request.headers.get(CLIENT_ID_HEADER) or None
 
 
@@ -167,6 +172,9 @@ def build_api(ingress: "Ingress") -> FastAPI:
         '`{"error": {"code": ..., "message": ..., "request_id": ...}}` (OIP v2: `{"error": ...}`).',
     )
     install_error_handlers(api)
+    authenticator = Authenticator.from_config(ingress.config.auth)  # None when auth is off
+    if authenticator is not None:  # added first, so it runs inside the request-id middleware
+        install_auth(api, authenticator)
 
     @api.middleware("http")
     async def request_id(request: Request, call_next):
