@@ -180,11 +180,14 @@ def up(
     port: Optional[int] = typer.Option(None, help="HTTP port; default: the config's http_options"),
     dashboard: bool = typer.Option(False, help="start the Ray dashboard (about 1 GB more memory)"),
     timeout: float = typer.Option(900.0, help="seconds to wait for every model to load"),
+    insecure: bool = typer.Option(
+        False, "--insecure", help="serve on a non-loopback host without auth (refused otherwise: exit 2; README, Security)"
+    ),
 ) -> None:
     """Start a local Ray in this process, deploy the app, and serve until Ctrl-C or SIGTERM."""
     from pixelfleet.serve.runner import run_local
 
-    raise typer.Exit(run_local(config, host=host, port=port, dashboard=dashboard, timeout_s=timeout))
+    raise typer.Exit(run_local(config, host=host, port=port, dashboard=dashboard, timeout_s=timeout, insecure=insecure))
 
 
 @app.command()

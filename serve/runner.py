@@ -106,10 +106,19 @@ def start_local(schema: ServeDeploySchema, dashboard: bool = False, timeout_s: f
     return f"http://{schema.http_options.host}:{schema.http_options.port}"
 
 
-def run_local(config: Path, host: str | None, port: int | None, dashboard: bool, timeout_s: float) -> int:
-    """Start Ray and the app; block until interrupted. Returns the process exit code."""
+def run_local(config: Path, host: str | None, port: int | None, dashboard: bool, timeout_s: float, insecure: bool = False) -> int:
+    """Start Ray and the app; block until interrupted. Returns the process exit code: 2, before
+    Ray starts, for an app without auth on a host other than loopback unless ``insecure``
+    (``serve/auth.py``: :func:`startup_check`), or a bad auth config."""
+    from pixelfleet.serve.auth import app_env, startup_check
+
     schema = load_serve_config(config, host, port)
     names = [app.name for app in schema.applications if app.import_path.endswith("serve.app:build_app")]
+    apps = [(a.name, a.args, app_env(a.runtime_env)) for a in schema.applications if a.name in names]
+    refusal, auth_line = startup_check(schema.http_options.host, apps, insecure)
+    if refusal:
+        Console(stderr=True, soft_wrap=True).print(f"[bold red]{refusal}[/]")
+        return 2
     started = time.monotonic()
     signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
@@ -117,6 +126,7 @@ def run_local(config: Path, host: str | None, port: int | None, dashboard: bool,
             url = start_local(schema, dashboard, timeout_s)
         signal.signal(signal.SIGTERM, _raise_interrupt)  # again: ray.init installs its own handler
         console.print(f"[bold green]pixelfleet is serving at {url}[/] (ready in {time.monotonic() - started:.1f} s; OpenAPI at {url}/docs)")
+        console.print(auth_line)
         for name in names:
             _print_models(name)
         console.print("Press Ctrl-C to stop.")
