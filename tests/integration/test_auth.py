@@ -12,11 +12,12 @@ import httpx
 import jwt
 import numpy as np
 import pytest
-
 from pixelfleet.serve.auth import hash_key
 from pixelfleet.serve.traffic import pick_variant
+
 from tests.conftest import REPO, synthetic_photo
-from tests.integration.conftest import INVERT_KIND, open_image, png_bytes
+from tests.families.invert import KIND as INVERT_KIND
+from tests.integration.conftest import open_image, png_bytes
 
 pytestmark = pytest.mark.integration
 
@@ -37,10 +38,9 @@ USERS = {f"user-{i}": f"user-key-{i}-for-the-auth-test-000" for i in range(8)}
 def auth_url(app_url, tmp_path_factory):
     """The URL of app ``authapp`` (route prefix ``/authapp``), deployed beside the session's app
     as ``test_traffic`` deploys its second app; deleted at the end."""
-    from ray.serve.schema import ServeApplicationSchema
-
     from pixelfleet.serve import control
     from pixelfleet.serve.runner import wait_until_running
+    from ray.serve.schema import ServeApplicationSchema
 
     keys = [
         {"name": "reader", "hash": hash_key(INFER_KEY), "scopes": ["infer"]},
