@@ -3,7 +3,8 @@
 Ray Serve keeps three things we need private in Ray 2.60: the controller client that deploys a
 *config* (what ``serve deploy``, ``serve run CONFIG``, the dashboard's REST API and KubeRay use;
 the public ``serve.run`` deploys only ``Application`` objects), ``serve_start`` with a config's
-HTTP options, and the current request's context (its id). A Ray upgrade has this one file to
+HTTP options, and the current request's context (its id); Ray core, the switch to token
+authentication that a process joining a cluster by address needs. A Ray upgrade has this one file to
 check; ``tests/unit/test_layers.py`` keeps every other module off ``ray.serve._private`` and
 the private context functions.
 """
@@ -40,3 +41,16 @@ def current_request_id() -> str:
         return _get_serve_request_context().request_id or ""
     except Exception:  # not inside a Serve request
         return ""
+
+
+def enable_token_auth() -> None:
+    """Turn on Ray's token authentication in this process before ``ray.init(address=...)``.
+
+    A cluster that ``ray.init()`` starts uses token authentication, but a process joining it by
+    an explicit address (not ``None`` or ``"auto"``) does not enable it by itself. This sets
+    ``RAY_AUTH_MODE=token`` and reloads Ray's cached config, as ``ray.init`` does for the
+    cluster it starts; Ray then reads the token from its token file, as for any cluster.
+    """
+    from ray._private.authentication.authentication_token_setup import _enable_token_auth
+
+    _enable_token_auth()

@@ -71,12 +71,20 @@ def train_srgan(
     checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", "--val-every", help="steps between validation + checkpoint"),
     seed: Optional[int] = typer.Option(None),
     storage_path: Optional[Path] = typer.Option(None, help="Ray Train storage; the run lives in STORAGE_PATH/NAME"),
+    address: Optional[str] = typer.Option(
+        None,
+        help="Ray cluster to train on (beats RAY_ADDRESS); 'local' or '': a Ray of its own. Default: RAY_ADDRESS if set, "
+        "else the cluster of a running `pixelfleet up`, else a Ray of its own",
+    ),
 ) -> None:
-    """Train an SRResNet (phase psnr) or SRGAN (phase gan) generator with Ray Train and write a servable model folder."""
+    """Train an SRResNet (phase psnr) or SRGAN (phase gan) generator with Ray Train and write a servable model folder.
+
+    It joins the cluster that serves when `pixelfleet up` runs, and its workers take the CPUs the replicas leave free."""
     from pydantic import ValidationError
 
     from pixelfleet.train.srgan.config import load_config, parse_assignment
-    from pixelfleet.train.srgan.run import RunStateError, run
+    from pixelfleet.serve.runner import cluster_to_join
+    from pixelfleet.train.srgan.run import ClusterFullError, RunStateError, run
 
     given = dict(locals())
     flags = {k: v for k, v in given.items() if k in TRAIN_FLAGS and v is not None}
@@ -91,10 +99,15 @@ def train_srgan(
         typer.echo(f"invalid run config:\n{detail}", err=True)
         raise typer.Exit(2) from None
     try:
-        card = run(cfg, _command_line(), resume=resume)
-    except (RunStateError, FileNotFoundError) as err:
+        join, source = cluster_to_join(address)
+        card = run(cfg, _command_line(), resume=resume, address=join, address_source=source)
+    except (RunStateError, FileNotFoundError, ClusterFullError) as err:
         typer.echo(str(err), err=True)
         raise typer.Exit(2) from None
+    except ConnectionError as err:
+        cause = f" ({err.__cause__})" if err.__cause__ else ""  # e.g. Ray's AuthenticationError, saying what to set
+        typer.echo(f"cannot join the Ray cluster: {err}{cause}", err=True)
+        raise typer.Exit(1) from None
     typer.echo(card.model_dump_json(indent=2))
 
 
@@ -178,16 +191,25 @@ def up(
     config: Path = typer.Option(DEFAULT_CONFIG, help="Serve config file (serve/configs/*.yaml)"),
     host: Optional[str] = typer.Option(None, help="HTTP host; default: the config's http_options"),
     port: Optional[int] = typer.Option(None, help="HTTP port; default: the config's http_options"),
-    dashboard: bool = typer.Option(False, help="start the Ray dashboard (about 1 GB more memory)"),
+    dashboard: bool = typer.Option(
+        False, help="start the Ray dashboard (about 1 GB more memory; Ray Train's State API calls use it when training joins)"
+    ),
     timeout: float = typer.Option(900.0, help="seconds to wait for every model to load"),
+    num_cpus: Optional[int] = typer.Option(
+        None, "--num-cpus", min=1, help="logical CPUs Ray announces (default: the machine's); what the replicas leave is free for training"
+    ),
     insecure: bool = typer.Option(
         False, "--insecure", help="serve on a non-loopback host without auth (refused otherwise: exit 2; README, Security)"
     ),
 ) -> None:
-    """Start a local Ray in this process, deploy the app, and serve until Ctrl-C or SIGTERM."""
+    """Start a local Ray in this process, deploy the app, and serve until Ctrl-C or SIGTERM.
+
+    The cluster is announced for `pixelfleet train srgan`, which then joins it."""
     from pixelfleet.serve.runner import run_local
 
-    raise typer.Exit(run_local(config, host=host, port=port, dashboard=dashboard, timeout_s=timeout, insecure=insecure))
+    raise typer.Exit(
+        run_local(config, host=host, port=port, dashboard=dashboard, timeout_s=timeout, num_cpus=num_cpus, insecure=insecure)
+    )
 
 
 @app.command()

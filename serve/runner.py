@@ -2,12 +2,26 @@
 
 ``up`` does in-process what ``serve run CONFIG`` does: it starts Ray, starts Serve with the
 config's HTTP options, and submits the config; then it waits until the application runs.
+
+A Ray started in-process by ``ray.init()`` is a whole cluster (GCS, raylet) that other processes
+can join while this one lives, but Ray 2.60 gives them no way to find it: only ``ray start``
+writes the address file that ``ray.init()`` reads (``/tmp/ray/ray_current_cluster``), and
+``ray.init(address="auto")`` takes any raylet it finds among this machine's processes (another
+user's test session as well). Ray also turns token authentication on for a cluster that
+``ray.init()`` starts, and a process that joins by an explicit address must enable it itself.
+So ``up`` announces its cluster in a small JSON file (:func:`cluster_file`): GCS address, the
+process id that holds it, the authentication mode (never the token, which stays in Ray's token
+file) and the dashboard URL; ``pixelfleet train srgan`` reads it to join (:func:`read_announcement`).
 """
 
 from __future__ import annotations
 
+import atexit
+import getpass
+import json
 import os
 import signal
+import tempfile
 import time
 from pathlib import Path
 from types import FrameType
@@ -89,16 +103,128 @@ def with_added_variants(schema: ServeDeploySchema) -> ServeDeploySchema:
     return schema
 
 
-def start_local(schema: ServeDeploySchema, dashboard: bool = False, timeout_s: float = 900.0) -> str:
+CLUSTER_FILE_ENV = "PIXELFLEET_CLUSTER_FILE"
+
+
+def cluster_file() -> Path:
+    """Where ``pixelfleet up`` announces its Ray cluster: ``$PIXELFLEET_CLUSTER_FILE``, else
+    ``<temp dir>/pixelfleet-<user>/cluster.json`` (one per user, like Ray's own files)."""
+    configured = os.environ.get(CLUSTER_FILE_ENV)
+    if configured:
+        return Path(configured)
+    return Path(tempfile.gettempdir()) / f"pixelfleet-{getpass.getuser()}" / "cluster.json"
+
+
+def announce_cluster(path: Path, dashboard_url: str | None = None) -> dict:
+    """Write the Ray cluster this process started to ``path`` (JSON, replaced atomically) and
+    remove it again when this process exits, if it still names this process.
+
+    Fields: ``address`` (GCS host:port), ``pid``, ``auth_mode`` (``RAY_AUTH_MODE`` as Ray set it:
+    ``token`` unless disabled), ``dashboard_url`` (as ``ray.init`` returned it; ``null`` without a
+    dashboard), ``num_cpus``
+    (the logical CPUs Ray announces). Returns what it wrote.
+
+    Raises:
+        OSError: the file cannot be written.
+    """
+    context = ray.get_runtime_context()
+    record = {
+        "address": context.gcs_address,
+        "pid": os.getpid(),
+        "auth_mode": os.environ.get("RAY_AUTH_MODE", "disabled"),
+        "dashboard_url": dashboard_url or None,
+        "num_cpus": ray.cluster_resources().get("CPU", 0.0),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}")
+    partial.write_text(json.dumps(record, indent=2) + "\n")
+    partial.replace(path)
+    atexit.register(_withdraw_announcement, path, os.getpid())
+    return record
+
+
+def _withdraw_announcement(path: Path, pid: int) -> None:
+    try:
+        if json.loads(path.read_text()).get("pid") == pid:
+            path.unlink()
+    except (OSError, ValueError):
+        pass
+
+
+def read_announcement(path: Path | None = None) -> dict | None:
+    """The cluster announced in ``path`` (default :func:`cluster_file`) by a ``pixelfleet up``
+    that still runs, or None: no file, an unreadable one, or its process has ended."""
+    path = path or cluster_file()
+    try:
+        record = json.loads(path.read_text())
+        pid, address = int(record["pid"]), str(record["address"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass  # alive, someone else's
+    return {**record, "pid": pid, "address": address, "file": str(path)}
+
+
+OWN_CLUSTER = ("", "local")  # --address / RAY_ADDRESS values that mean: start a Ray of its own
+
+
+def cluster_to_join(address: str | None) -> tuple[str | None, str]:
+    """The Ray cluster that a command such as ``pixelfleet train srgan`` should join, and how it
+    was chosen, in this order: ``address`` (its ``--address``), else ``RAY_ADDRESS`` if set
+    (``auto``: Ray's own search of this machine), else the cluster that a running ``pixelfleet
+    up`` announced (:func:`read_announcement`). None: start a Ray of its own (also for ``local``
+    or empty). Joining the announced cluster, it enables the token authentication announced
+    there in this process (:func:`pixelfleet.ray_private.enable_token_auth`) unless
+    ``RAY_AUTH_MODE`` is set: Ray does that only for a cluster it finds itself.
+    """
+    from pixelfleet.ray_private import enable_token_auth
+
+    if address is not None:
+        target, source = address.strip(), "--address"
+    elif "RAY_ADDRESS" in os.environ:
+        target, source = os.environ["RAY_ADDRESS"].strip(), "RAY_ADDRESS"
+    else:
+        target, source = None, ""
+    announced = read_announcement()
+    if target is None and announced is not None:
+        target, source = announced["address"], f"announced in {announced['file']} by pid {announced['pid']}"
+    if target is None or target in OWN_CLUSTER:
+        return None, "a Ray of its own"
+    if announced is not None and target == announced["address"] and announced.get("auth_mode") == "token":
+        if "RAY_AUTH_MODE" not in os.environ:
+            enable_token_auth()
+    return target, source
+
+
+def start_local(
+    schema: ServeDeploySchema,
+    dashboard: bool = False,
+    timeout_s: float = 900.0,
+    num_cpus: int | None = None,
+    announce: Path | None = None,
+) -> str:
     """Start a local Ray in this process, submit ``schema`` and wait until every app runs.
 
-    Returns the HTTP base URL. Raises what :func:`wait_until_running` raises.
+    ``num_cpus``: the logical CPUs Ray announces (default: the machine's); the replicas reserve
+    theirs from these, and what they leave is free for other jobs, such as a training run that
+    joins. ``announce``: a file to announce the cluster in (:func:`announce_cluster`), for
+    ``pixelfleet train srgan`` to join; None announces nothing. Both apply only when this call
+    starts Ray.
+
+    Returns the HTTP base URL. Raises what :func:`wait_until_running` raises, and OSError when
+    the announcement cannot be written.
     """
     # Serve gives its HTTP proxy 5 s to report ready; a loaded 2-core laptop can take longer,
     # and the proxy is then killed and restarted in a loop. Local Ray inherits this environment.
     os.environ.setdefault("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "30")
     if not ray.is_initialized():
-        ray.init(include_dashboard=dashboard, namespace=SERVE_NAMESPACE, log_to_driver=True)
+        context = ray.init(include_dashboard=dashboard, namespace=SERVE_NAMESPACE, log_to_driver=True, num_cpus=num_cpus)
+        if announce is not None:
+            announce_cluster(announce, context.dashboard_url)
     schema = with_added_variants(schema)
     control.start_and_deploy(schema)
     for app in schema.applications:
@@ -106,10 +232,14 @@ def start_local(schema: ServeDeploySchema, dashboard: bool = False, timeout_s: f
     return f"http://{schema.http_options.host}:{schema.http_options.port}"
 
 
-def run_local(config: Path, host: str | None, port: int | None, dashboard: bool, timeout_s: float, insecure: bool = False) -> int:
-    """Start Ray and the app; block until interrupted. Returns the process exit code: 2, before
-    Ray starts, for an app without auth on a host other than loopback unless ``insecure``
-    (``serve/auth.py``: :func:`startup_check`), or a bad auth config."""
+def run_local(
+    config: Path, host: str | None, port: int | None, dashboard: bool, timeout_s: float, num_cpus: int | None = None,
+    insecure: bool = False,
+) -> int:
+    """Start Ray (``num_cpus`` logical CPUs, default the machine's) and the app, announce the
+    cluster for training runs to join (:func:`cluster_file`); block until interrupted. Returns
+    the process exit code: 2, before Ray starts, for an app without auth on a host other than
+    loopback unless ``insecure`` (``serve/auth.py``: :func:`startup_check`), or a bad auth config."""
     from pixelfleet.serve.auth import app_env, startup_check
 
     schema = load_serve_config(config, host, port)
@@ -123,12 +253,13 @@ def run_local(config: Path, host: str | None, port: int | None, dashboard: bool,
     signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         with console.status(f"starting Ray and deploying {', '.join(names)} from {config}"):
-            url = start_local(schema, dashboard, timeout_s)
+            url = start_local(schema, dashboard, timeout_s, num_cpus=num_cpus, announce=cluster_file())
         signal.signal(signal.SIGTERM, _raise_interrupt)  # again: ray.init installs its own handler
         console.print(f"[bold green]pixelfleet is serving at {url}[/] (ready in {time.monotonic() - started:.1f} s; OpenAPI at {url}/docs)")
         console.print(auth_line)
         for name in names:
             _print_models(name)
+        _print_free_cpus()
         console.print("Press Ctrl-C to stop.")
         while True:
             time.sleep(1)
@@ -142,6 +273,14 @@ def run_local(config: Path, host: str | None, port: int | None, dashboard: bool,
         if ray.is_initialized():
             serve.shutdown()
             ray.shutdown()
+
+
+def _print_free_cpus() -> None:
+    total, free = ray.cluster_resources().get("CPU", 0.0), ray.available_resources().get("CPU", 0.0)
+    console.print(
+        f"Ray at {ray.get_runtime_context().gcs_address} announces {total:g} CPUs; the replicas reserve {total - free:g}, "
+        f"{free:g} are free for `pixelfleet train srgan`, which joins this cluster (announced in {cluster_file()})"
+    )
 
 
 def _print_models(app_name: str) -> None:

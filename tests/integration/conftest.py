@@ -9,8 +9,12 @@ when its replica starts, and the same model with the x8 self-ensemble (``ENSEMBL
 from __future__ import annotations
 
 import io
+import os
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -26,6 +30,7 @@ MAX_BODY_BYTES = 2 * 1024 * 1024
 MAX_PIXELS = 4_000_000
 MAX_OUTPUT_PIXELS = 1_000_000
 ONNX_VARIANT = "srresnet-x4-onnx"
+SESSION_CPUS = 4  # logical CPUs of the session's Ray; local.yaml's replicas reserve 2 of them
 ENSEMBLE_VARIANT = "srresnet-x4-ensemble"
 
 
@@ -63,10 +68,63 @@ def app_url(tmp_path_factory, otlp_receiver) -> Iterator[str]:
     for variant in (ONNX_VARIANT, ENSEMBLE_VARIANT):
         app.deployments.append(DeploymentSchema(name=f"superres-{variant}", num_replicas=1, ray_actor_options={"num_cpus": 0}))
     try:
-        yield start_local(schema, timeout_s=600)
+        # more logical CPUs than the replicas reserve: the rest is free for a training run that joins
+        yield start_local(schema, timeout_s=600, num_cpus=SESSION_CPUS, announce=session_cluster_file(tmp_path_factory))
     finally:
         serve.shutdown()
         ray.shutdown()
+
+
+def session_cluster_file(tmp_path_factory) -> Path:
+    """Where the session's Ray is announced, as ``pixelfleet up`` announces its own (not in the
+    default place, so no other process on this machine joins the test session)."""
+    return tmp_path_factory.getbasetemp() / "ray-cluster.json"
+
+
+def joining_env(tmp_path_factory) -> dict[str, str]:
+    """The environment of a command that should find the session's cluster by itself, as from a
+    fresh shell: no RAY_ADDRESS, no RAY_AUTH_MODE (Ray set it in this process when it started
+    the session's cluster), and the session's announcement file."""
+    env = {key: value for key, value in os.environ.items() if key not in ("RAY_ADDRESS", "RAY_AUTH_MODE")}
+    env["PIXELFLEET_CLUSTER_FILE"] = str(session_cluster_file(tmp_path_factory))
+    return env
+
+
+@pytest.fixture(scope="session")
+def trained_x4_model(app_url: str, tmp_path_factory) -> Path:
+    """A tiny x4 model trained by ``pixelfleet train srgan`` in a subprocess that finds and joins
+    the session's cluster by itself (no RAY_ADDRESS; the announcement file as ``pixelfleet up``
+    writes it); returns the run's model folder. Beside it: ``train.log`` (the command's stdout and
+    stderr) and ``runs/`` (the Ray Train storage).
+
+    Trains 2 residual blocks of 16 channels for 30 steps on ``../shared/datasets/sr/train/t91``
+    when present, else on synthetic photos; validates on synthetic photos.
+    """
+    from tests.conftest import DATASETS, REPO, synthetic_photo
+
+    work = tmp_path_factory.mktemp("trained-x4")
+    val = work / "val"
+    val.mkdir()
+    for i in range(2):
+        Image.fromarray(synthetic_photo(96, 128, seed=100 + i)).save(val / f"{i}.png")
+    train = DATASETS / "sr" / "train" / "t91"
+    if not train.is_dir():
+        train = work / "train"
+        train.mkdir()
+        for i in range(8):
+            Image.fromarray(synthetic_photo(96, 128, seed=i)).save(train / f"{i}.png")
+    model = work / "model"
+    command = [
+        sys.executable, "-m", "pixelfleet.serve.cli", "train", "srgan",
+        "--output", str(model), "--train-data", str(train), "--val-data", str(val), "--name", "joined-x4",
+        "--scale", "4", "--channels", "16", "--blocks", "2", "--steps", "30", "--checkpoint-every", "15",
+        "--batch-size", "4", "--hr-patch", "32", "--num-workers", "1", "--storage-path", str(work / "runs"),
+        "--set", "data.patches_per_image=4",
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=joining_env(tmp_path_factory), cwd=REPO)
+    (work / "train.log").write_text(done.stdout + done.stderr)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return model
 
 
 @pytest.fixture(scope="session")

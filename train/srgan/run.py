@@ -1,12 +1,18 @@
 """The driver of a super-resolution training run: Ray Data, a Ray Train ``TorchTrainer``, and the
 model folder it leaves. ``pixelfleet train srgan`` calls :func:`run`.
+
+A run can join the Ray cluster that serves (:func:`connect`; ``pixelfleet train srgan`` joins the
+one that ``pixelfleet up`` announced): its workers then take the CPUs (or GPUs) that the serving
+replicas leave free (:func:`fit_resources`).
 """
 
 from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import ray
@@ -60,12 +66,20 @@ def changed_training_fields(before: SRTrainConfig, after: SRTrainConfig) -> list
     return changed
 
 
-DATA_CPUS = 0.5  # CPUs that Ray Data's patch tasks need beside the workers
+DATA_CPUS = 0.5  # CPUs that Ray Data's patch tasks need beside the workers (flat_map tasks of 0.25 CPU)
+READ_CPUS = 1.0  # what each of Ray Data's read tasks reserves (its default) while the images are decoded
+OWN_CLUSTER = ("", "local")  # addresses that mean: start a Ray of its own
+
+
+class ClusterFullError(RuntimeError):
+    """The Ray cluster has fewer CPUs or GPUs free than the run's workers and Ray Data need;
+    without this check Ray Train would wait for them without end."""
 
 
 def cpus_per_worker(cfg: SRTrainConfig, cluster_cpus: float) -> float:
-    """The configured CPUs per worker, or 1 where that leaves :data:`DATA_CPUS` for Ray Data, else
-    an even share of the rest (never below 0.1)."""
+    """The configured CPUs per worker; else 1 where that leaves :data:`DATA_CPUS` of
+    ``cluster_cpus`` (the CPUs free for this run: on a joined cluster, what serving leaves) for
+    Ray Data, else an even share of the rest (never below 0.1)."""
     if cfg.scaling.cpus_per_worker is not None:
         return cfg.scaling.cpus_per_worker
     workers = cfg.scaling.num_workers
@@ -73,11 +87,79 @@ def cpus_per_worker(cfg: SRTrainConfig, cluster_cpus: float) -> float:
 
 
 def scaling_config(cfg: SRTrainConfig, cluster_cpus: float) -> ScalingConfig:
-    """Ray Train's ``ScalingConfig`` from the run's ``scaling`` section."""
+    """Ray Train's ``ScalingConfig`` from the run's ``scaling`` section; ``cluster_cpus`` as in
+    :func:`cpus_per_worker`."""
     resources = {"CPU": cpus_per_worker(cfg, cluster_cpus)}
     if cfg.scaling.use_gpu:
         resources["GPU"] = 1
     return ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu, resources_per_worker=resources)
+
+
+def fit_resources(cfg: SRTrainConfig, free: dict[str, float], total: dict[str, float], where: str) -> float:
+    """CPUs per worker for this run on a cluster with ``free`` of ``total`` resources (as
+    ``ray.available_resources()`` and ``ray.cluster_resources()`` give them; CPUs and GPUs in
+    Ray's logical units), checked to fit: the workers' CPUs plus :data:`DATA_CPUS` for Ray Data
+    (and at least :data:`READ_CPUS` to read the images), and one GPU per worker with ``use_gpu``.
+    ``where`` names the cluster in the message.
+
+    Raises:
+        ClusterFullError: they do not fit; the message says what is free, what serving (and any
+            other job) reserves, and what to change.
+    """
+    workers = cfg.scaling.num_workers
+    free_cpus, total_cpus = free.get("CPU", 0.0), total.get("CPU", 0.0)
+    per_worker = cpus_per_worker(cfg, free_cpus)
+    need = max(workers * per_worker + DATA_CPUS, READ_CPUS)
+    reserved = total_cpus - free_cpus
+    if free_cpus + 1e-6 < need:
+        raise ClusterFullError(
+            f"the Ray cluster at {where} has {free_cpus:g} CPUs free of {total_cpus:g}; serving (and any other job) "
+            f"reserves {reserved:g}, and this run needs {need:g}: {workers} workers x {per_worker:g} CPUs "
+            f"+ {DATA_CPUS:g} for Ray Data (reading the images takes {READ_CPUS:g}); set scaling.cpus_per_worker "
+            f"(or fewer scaling.num_workers), or start pixelfleet up with --num-cpus of at least {reserved + need:g}"
+        )
+    if cfg.scaling.use_gpu and free.get("GPU", 0.0) + 1e-6 < workers:
+        raise ClusterFullError(
+            f"the Ray cluster at {where} has {free.get('GPU', 0.0):g} GPUs free of {total.get('GPU', 0.0):g}; "
+            f"serving (and any other job) reserves {total.get('GPU', 0.0) - free.get('GPU', 0.0):g}, and this run's "
+            f"{workers} workers need one each: set fewer scaling.num_workers, or serve on fewer GPUs"
+        )
+    return per_worker
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """The Ray cluster a run trains on."""
+
+    address: str  # GCS host:port
+    joined: bool  # False: this process started it (or had it already)
+    source: str  # how it was chosen, for the console
+    dashboard_url: str | None
+
+
+def connect(address: str | None = None, source: str = "") -> Cluster:
+    """Join the Ray cluster at ``address`` (chosen as ``source`` says), or start a Ray of its own
+    when ``address`` is None, ``local`` or empty: with the dashboard on localhost, which Ray
+    Train's State API calls need. With Ray already initialized here, that cluster.
+    ``pixelfleet train srgan`` chooses the address (``pixelfleet.serve.runner.cluster_to_join``).
+
+    Raises:
+        ConnectionError: no Ray cluster answers at the address, or it refused this process
+            (Ray's error; its cause says why, e.g. token authentication).
+    """
+    if ray.is_initialized():  # a caller's own Ray: nothing to join
+        return Cluster(ray.get_runtime_context().gcs_address, False, "this process's Ray", None)
+    if address is None or address.strip() in OWN_CLUSTER:
+        # Ray Train's controller watches its actors through the State API, which the dashboard
+        # serves: without it every second brings a warning. Bound to localhost.
+        context = ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1")
+        return Cluster(ray.get_runtime_context().gcs_address, False, "started by this run", context.dashboard_url)
+    context = ray.init(address=address.strip())
+    return Cluster(ray.get_runtime_context().gcs_address, True, source or address, context.dashboard_url or None)
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
 
 
 def _git_commit() -> str | None:
@@ -88,22 +170,39 @@ def _git_commit() -> str | None:
     return done.stdout.strip() or None
 
 
-def run(cfg: SRTrainConfig, command: str, resume: bool = False) -> ModelCard:
+def run(
+    cfg: SRTrainConfig, command: str, resume: bool = False, address: str | None = None, address_source: str = ""
+) -> ModelCard:
     """Train, then write ``cfg.output`` (model.safetensors + model.json with record and metrics).
 
-    A psnr run writes its checkpoint of best validation PSNR-Y; a gan run its latest. Starts a
-    local Ray unless one is reachable (``RAY_ADDRESS``). Returns the written card.
+    A psnr run writes its checkpoint of best validation PSNR-Y; a gan run its latest. Joins the
+    Ray cluster at ``address`` (chosen as ``address_source`` says) or starts its own
+    (:func:`connect`), takes the CPUs free there (:func:`fit_resources`), and says both on
+    stderr. Returns the written card.
 
     Raises:
         RunStateError: see :func:`check_run_dir`.
+        ClusterFullError: see :func:`fit_resources`.
+        ConnectionError: see :func:`connect`.
         FileNotFoundError: a data folder is missing or empty.
         ray.train.TrainingFailedError: a worker failed.
     """
     check_run_dir(cfg, resume)
-    if not ray.is_initialized():
-        # Ray Train's controller watches its actors through the State API, which the dashboard
-        # serves: without it every second brings a warning. Bound to localhost.
-        ray.init(include_dashboard=True, dashboard_host="127.0.0.1")
+    cluster = connect(address, address_source)
+    if cluster.joined:
+        _say(f"joined the Ray cluster at {cluster.address} ({cluster.source})")
+        if cluster.dashboard_url is None:
+            _say(
+                "  it runs no dashboard: Ray Train's placement group cleaner cannot reach the State API and warns "
+                "about it once a second (harmless; start pixelfleet up with --dashboard to avoid it)"
+            )
+    free, total = ray.available_resources(), ray.cluster_resources()
+    per_worker = fit_resources(cfg, free, total, cluster.address)
+    _say(
+        f"{free.get('CPU', 0.0):g} of {total.get('CPU', 0.0):g} CPUs free at {cluster.address}: "
+        f"workers {cfg.scaling.num_workers} x {per_worker:g} CPU{' + 1 GPU' if cfg.scaling.use_gpu else ''}, "
+        f"Ray Data {DATA_CPUS:g} CPU"
+    )
     started = time.monotonic()
     worker_cfg = cfg.resolved()
     worker_cfg.run_dir.mkdir(parents=True, exist_ok=True)
@@ -114,7 +213,7 @@ def run(cfg: SRTrainConfig, command: str, resume: bool = False) -> ModelCard:
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=worker_cfg.model_dump(mode="json"),
-        scaling_config=scaling_config(cfg, ray.cluster_resources().get("CPU", 1.0)),
+        scaling_config=scaling_config(cfg, free.get("CPU", 0.0)),
         datasets={"train": dataset},
         run_config=RunConfig(
             name=cfg.name,
