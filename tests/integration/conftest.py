@@ -22,6 +22,7 @@ import pytest
 from PIL import Image
 
 from pixelfleet.serve.cli import DEFAULT_CONFIG
+from tests.conftest import REPO
 from pixelfleet.serve.runner import load_serve_config, start_local
 from tests.integration.otlp_receiver import OtlpReceiver
 
@@ -29,6 +30,7 @@ APP_NAME = "pixelfleet"
 MAX_BODY_BYTES = 2 * 1024 * 1024
 MAX_PIXELS = 4_000_000
 MAX_OUTPUT_PIXELS = 1_000_000
+INVERT_KIND = "tests.families.invert:SPEC"
 ONNX_VARIANT = "srresnet-x4-onnx"
 SESSION_CPUS = 4  # logical CPUs of the session's Ray; local.yaml's replicas reserve 2 of them
 ENSEMBLE_VARIANT = "srresnet-x4-ensemble"
@@ -64,9 +66,17 @@ def app_url(tmp_path_factory, otlp_receiver) -> Iterator[str]:
     app.args["families"]["superres"]["variants"][ENSEMBLE_VARIANT] = {
         "weights": "builtin:srresnet-x4", "ensemble": True, "tile_size": 64, "overlap": 16, "max_batch_size": 2, "num_threads": 1,
     }  # fmt: skip
+    # the test-only plug-in family (tests/families/invert.py): served without a line of serve/ naming it
+    app.args["families"]["invert"] = {
+        "kind": INVERT_KIND, "default": "a",
+        "variants": {"a": {}, "b": {"mode": "identity"}, "slow": {"delay_s": 0.5}},
+    }  # fmt: skip
+    app.runtime_env.setdefault("env_vars", {})["PYTHONPATH"] = str(REPO)  # replicas import tests.families
     # local.yaml hands out both CPUs; these extra replicas reserve none (they are idle but for their tests)
     for variant in (ONNX_VARIANT, ENSEMBLE_VARIANT):
         app.deployments.append(DeploymentSchema(name=f"superres-{variant}", num_replicas=1, ray_actor_options={"num_cpus": 0}))
+    for variant in ("a", "b", "slow"):
+        app.deployments.append(DeploymentSchema(name=f"invert-{variant}", num_replicas=1, ray_actor_options={"num_cpus": 0}))
     try:
         # more logical CPUs than the replicas reserve: the rest is free for a training run that joins
         yield start_local(schema, timeout_s=600, num_cpus=SESSION_CPUS, announce=session_cluster_file(tmp_path_factory))

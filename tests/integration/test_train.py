@@ -22,7 +22,7 @@ from pixelfleet.models.srnet import load_model, upscale_whole
 from tests.conftest import synthetic_photo
 
 pytestmark = pytest.mark.integration
-PIXELFLEET = [sys.executable, "-m", "serve.cli"]
+PIXELFLEET = [sys.executable, "-m", "pixelfleet.serve.cli"]
 ENV = {**os.environ, "RAY_ADDRESS": ""}  # its own local Ray, not the test session's
 
 
