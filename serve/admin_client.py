@@ -6,6 +6,7 @@ and ``/metrics``; and the parsing of the commands' ``VARIANT=W`` arguments.
 from __future__ import annotations
 
 import math
+import os
 from typing import Any
 
 import httpx
@@ -92,16 +93,26 @@ def _error_of(response: httpx.Response) -> AdminError:
     return AdminError(response.status_code, str(error if error is not None else body)[:500])
 
 
+#: The environment variable holding the API key or JWT the CLI sends.
+CREDENTIAL_ENV = "PIXELFLEET_API_KEY"
+
+
 class AdminClient:
     """The app's admin routes at ``url`` (``http://host:port``).
 
+    ``credential`` (default: the ``PIXELFLEET_API_KEY`` environment variable), an API key or a
+    JWT with the ``admin`` scope, goes as ``Authorization: Bearer`` where the app has auth on.
     Every method raises :class:`AdminError` for an error answer (4xx or 5xx) and
     ``httpx.HTTPError`` when the app cannot be reached.
     """
 
-    def __init__(self, url: str = DEFAULT_URL, timeout_s: float = TIMEOUT_S, transport: httpx.BaseTransport | None = None) -> None:
+    def __init__(
+        self, url: str = DEFAULT_URL, timeout_s: float = TIMEOUT_S, transport: httpx.BaseTransport | None = None, credential: str | None = None
+    ) -> None:
         self.url = url.rstrip("/")
-        self.http = httpx.Client(base_url=self.url, timeout=timeout_s, transport=transport)
+        credential = credential if credential is not None else os.environ.get(CREDENTIAL_ENV, "")
+        headers = {"Authorization": f"Bearer {credential}"} if credential else {}
+        self.http = httpx.Client(base_url=self.url, timeout=timeout_s, transport=transport, headers=headers)
 
     def __enter__(self) -> AdminClient:
         return self

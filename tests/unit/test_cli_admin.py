@@ -154,3 +154,17 @@ def test_admin_error_keeps_the_message():
     with pytest.raises(AdminError) as err:
         client.traffic()
     assert err.value.status == 503 and err.value.message == "upstream down"
+
+
+def test_the_credential_in_the_environment_goes_as_a_bearer_token(monkeypatch):
+    seen = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers.get("authorization"))
+        return httpx.Response(200, json={"revision": 0, "families": {}})
+
+    monkeypatch.setenv(admin_client.CREDENTIAL_ENV, "k3y-for-admin-routes")
+    AdminClient("http://app", transport=httpx.MockTransport(answer)).traffic()
+    monkeypatch.delenv(admin_client.CREDENTIAL_ENV)
+    AdminClient("http://app", transport=httpx.MockTransport(answer)).traffic()
+    assert seen == ["Bearer k3y-for-admin-routes", None]
