@@ -171,6 +171,11 @@ class VariantDeployment:
         """Agreement between two answers (the spec's ``agreement``); None where it has no meaning."""
         return None
 
+    def check_health(self) -> None:
+        """Serve's periodic health check (every ``health_check_period_s``, 10 s by default): the
+        replica is alive; its gauges (model load seconds) are set again so they stay exported."""
+        telemetry.refresh_gauges()
+
 
 Planner = Callable[[Operation, BaseModel, str, bool, dict[str, dict]], list[str]]
 

@@ -93,9 +93,20 @@ def family_of(variant: str) -> str:
     return deployment[: -len(suffix)] if variant and deployment.endswith(suffix) else deployment
 
 
+_LOADED: dict[str, float] = {}  # variant -> load seconds of this replica, re-set by refresh_gauges()
+
+
 def record_load(variant: str, seconds: float) -> None:
     """This replica loaded its model in ``seconds`` (call at the end of the deployment's ``__init__``)."""
+    _LOADED[variant] = seconds
     _load_seconds().set(seconds, tags={"family": family_of(variant), "variant": variant})
+
+
+def refresh_gauges() -> None:
+    """Set this replica's gauges again: a gauge set once, at start, drops out of Ray's export after a
+    while; Serve's periodic health check (``VariantDeployment.check_health``) calls this."""
+    for variant, seconds in _LOADED.items():
+        _load_seconds().set(seconds, tags={"family": family_of(variant), "variant": variant})
 
 
 def record_batch(variant: str, size: int) -> None:

@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pixelfleet.deployments.spec import FamilyConfig, Strict
-from pixelfleet.models.images import OUTPUT_MEDIA_TYPES
+from pixelfleet.models.images import FAST_PNG_LEVEL, OUTPUT_MEDIA_TYPES
 from pixelfleet.models.modelcard import resolve_model_folder
 
 OutputFormat = Literal["png", "jpeg", "webp", "tiff", "avif"]
@@ -32,6 +32,10 @@ class SuperResVariant(Strict):
         "on CPUs with native bf16, else float32",
     )
     num_threads: int | None = Field(None, ge=1, description="torch threads; default: the replica's CPUs")
+    png_level: int = Field(
+        FAST_PNG_LEVEL, ge=0, le=9,
+        description="PNG zlib level of the output unless a request sets one: 1 encodes a 2048x2048 image 4x faster than 6",
+    )  # fmt: skip
     ensemble: bool = Field(
         False,
         description="x8 self-ensemble (EDSR+): each tile averaged over its flips and rotations; 8x the compute, "
@@ -73,3 +77,7 @@ class UpscaleParams(BaseModel):
         "variants (e.g. 8 = 2 x 4)",
     )  # fmt: skip
     format: OutputFormat = Field("png", description="output image format; EXIF and ICC profile are carried over")
+    png_level: int | None = Field(
+        None, ge=0, le=9,
+        description="PNG zlib level, 0-9: 1 encodes fast, 9 smallest; the pixels are the same (default: the variant's png_level)",
+    )  # fmt: skip

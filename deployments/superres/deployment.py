@@ -23,7 +23,7 @@ from pixelfleet.deployments.spec import Limits, Result, VariantAddress, VariantD
 from pixelfleet.deployments.superres.config import UpscaleParams
 from pixelfleet.deployments.superres.upscaler import Upscaler, upscale_tiled
 from pixelfleet.models.errors import InvalidInput, PayloadTooLarge
-from pixelfleet.models.images import OUTPUT_MEDIA_TYPES, decode_image, encode_image, image_metadata, to_array
+from pixelfleet.models.images import FAST_PNG_LEVEL, OUTPUT_MEDIA_TYPES, decode_image, encode_image, image_metadata, to_array
 from pixelfleet.models.metrics import psnr_y
 from pixelfleet.models.modelcard import resolve_model_folder
 
@@ -52,7 +52,8 @@ class SuperResolution(VariantDeployment):
     Args (from the family config's variant, ``config.py``): ``variant`` name, ``limits``
     (:class:`~pixelfleet.deployments.spec.Limits` as a dict), ``weights`` (``builtin:NAME`` or a
     folder), ``tile_size`` and ``overlap`` in LR pixels, ``max_batch_size`` tiles per forward
-    pass, ``batch_wait_timeout_s`` seconds, ``num_threads`` (default: the replica's CPUs), and the
+    pass, ``batch_wait_timeout_s`` seconds, ``num_threads`` (default: the replica's CPUs),
+    ``png_level`` (zlib level of PNG output unless a request sets one), and the
     :class:`Upscaler` options ``backend``, ``quantize``, ``device``, ``precision``, ``ensemble``.
     """
 
@@ -66,10 +67,12 @@ class SuperResolution(VariantDeployment):
         max_batch_size: int = 16,
         batch_wait_timeout_s: float = 0.01,
         num_threads: int | None = None,
+        png_level: int = FAST_PNG_LEVEL,
         **upscaler_options: str,
     ) -> None:
         started = time.monotonic()
         self.variant, self.tile_size, self.overlap, self.max_batch_size = variant, tile_size, overlap, max_batch_size
+        self.png_level = png_level
         self.limits = Limits.model_validate(limits or {})
         folder = resolve_model_folder(weights)
         self.upscaler = Upscaler(Path(folder), num_threads=replica_threads(num_threads), weights_ref=weights, **upscaler_options)
@@ -134,7 +137,7 @@ class SuperResolution(VariantDeployment):
         if metadata is None:
             return Result(pixels, "application/octet-stream")
         with telemetry.span("encode", format=options.format):
-            encoded = await asyncio.to_thread(encode_image, pixels, options.format, metadata)
+            encoded = await asyncio.to_thread(encode_image, pixels, options.format, metadata, self.png_level if options.png_level is None else options.png_level)
         return Result(encoded, OUTPUT_MEDIA_TYPES[options.format])
 
     def compare(self, operation: str, primary: Result, own: Result, params: dict) -> float | None:
@@ -153,6 +156,7 @@ class SuperResolution(VariantDeployment):
             "tile_size": self.tile_size,
             "overlap": self.overlap,
             "max_batch_size": self.max_batch_size,
+            "png_level": self.png_level,
             "load_seconds": round(self.load_seconds, 2),
         }
 

@@ -40,6 +40,7 @@ def test_health_and_readiness(client):
     assert ready.json()["variants"] == {
         "superres/srresnet-x4": True, "superres/srresnet-x2": True, "superres/srgan-x4": True, f"superres/{ONNX_VARIANT}": True,
         f"superres/{ENSEMBLE_VARIANT}": True, "ocr/rapidocr": True, "ocr/tesseract": True,
+        "invert/a": True, "invert/b": True, "invert/slow": True,
     }  # fmt: skip
 
 
@@ -194,6 +195,16 @@ def test_superres_output_formats(client, fmt):
     response = upscale(client, png_bytes(synthetic_photo(16, 16)), format=fmt)
     assert response.headers["content-type"] == f"image/{fmt}"
     assert open_image(response.content).format == fmt.upper()
+
+
+def test_png_level_per_request_changes_the_size_not_the_pixels(client):
+    data = png_bytes(synthetic_photo(40, 48))
+    fast, small = (upscale(client, data, model="srresnet-x4", png_level=level) for level in (0, 9))
+    assert fast.status_code == small.status_code == 200
+    assert len(small.content) < len(fast.content)
+    assert np.array_equal(np.asarray(open_image(fast.content)), np.asarray(open_image(small.content)))
+    assert upscale(client, data, png_level=10).status_code == 422
+    assert client.get("/v1/models").json()["families"]["superres"]["variants"]["srresnet-x4"]["png_level"] == 1
 
 
 def test_superres_applies_exif_orientation_and_keeps_metadata(client):

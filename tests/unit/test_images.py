@@ -10,6 +10,7 @@ from PIL import Image, ImageCms
 
 from pixelfleet.models.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
 from pixelfleet.models.images import decode_image, encode_image, image_metadata, to_array, to_rgb
+from tests.conftest import synthetic_photo
 
 
 def encoded(image: Image.Image, fmt: str, **kwargs) -> bytes:
@@ -105,3 +106,12 @@ def test_no_metadata_when_the_input_has_none():
 def test_encode_rejects_unknown_format():
     with pytest.raises(UnsupportedMediaType):
         encode_image(np.zeros((2, 2, 3), np.uint8), "gif")
+
+
+def test_png_level_changes_the_size_not_the_pixels():
+    array = synthetic_photo(64, 80)
+    stored = encode_image(array, "png", png_level=0)
+    smallest = encode_image(array, "png", png_level=9)
+    assert len(smallest) < len(stored)
+    for data in (stored, smallest, encode_image(array, "png")):
+        assert np.array_equal(to_array(decode_image(data, 10**6)), array)
