@@ -17,6 +17,7 @@ from pixelfleet.serve.traffic import pick_variant
 
 from tests.conftest import REPO, synthetic_photo
 from tests.families.invert import KIND as INVERT_KIND
+from tests.integration.apps import beside_session
 from tests.integration.conftest import open_image, png_bytes
 
 pytestmark = pytest.mark.integration
@@ -38,8 +39,6 @@ USERS = {f"user-{i}": f"user-key-{i}-for-the-auth-test-000" for i in range(8)}
 def auth_url(app_url, tmp_path_factory):
     """The URL of app ``authapp`` (route prefix ``/authapp``), deployed beside the session's app
     as ``test_traffic`` deploys its second app; deleted at the end."""
-    from pixelfleet.serve import control
-    from pixelfleet.serve.runner import wait_until_running
     from ray.serve.schema import ServeApplicationSchema
 
     keys = [
@@ -58,16 +57,8 @@ def auth_url(app_url, tmp_path_factory):
         },
         deployments=[{"name": n, "ray_actor_options": {"num_cpus": 0}} for n in ("Ingress", "invert-a", "invert-b")],
     )  # fmt: skip
-    original = control.deployed_config()
-    assert original is not None
-    deploy = original.model_copy(deep=True)
-    deploy.applications.append(app)
-    control.submit(deploy)
-    try:
-        wait_until_running(APP, 300)
+    with beside_session(app):
         yield f"{app_url}/{APP}"
-    finally:
-        control.submit(original)
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,7 @@ import pytest
 
 from tests.conftest import synthetic_photo
 from tests.integration.conftest import open_image, png_bytes
+from tests.integration.apps import beside_session
 from tests.integration.load import background_load
 
 pytestmark = pytest.mark.integration
@@ -29,9 +30,6 @@ LR = synthetic_photo(24, 32, seed=5)
 def loop_app(app_url: str, tmp_path: Path):
     from ray.serve.schema import ServeApplicationSchema
 
-    from pixelfleet.serve import control
-    from pixelfleet.serve.runner import wait_until_running
-
     app = ServeApplicationSchema(
         name="loop", route_prefix="/loop", import_path="pixelfleet.serve.app:build_app",
         args={"families": {"superres": {"kind": "superres", "default": "srresnet-x4", "variants": {
@@ -39,13 +37,8 @@ def loop_app(app_url: str, tmp_path: Path):
               "state": {"path": str(tmp_path / "state.json")}},
         deployments=[{"name": n, "ray_actor_options": {"num_cpus": 0}} for n in ("Ingress", "superres-srresnet-x4")],
     )  # fmt: skip
-    original = control.deployed_config()
-    deploy = original.model_copy(deep=True)
-    deploy.applications.append(app)
-    control.submit(deploy)
-    wait_until_running("loop", 300)
-    yield f"{app_url}/loop"
-    control.submit(original)
+    with beside_session(app):
+        yield f"{app_url}/loop"
 
 
 def upscale(client: httpx.Client, caller: str) -> httpx.Response:

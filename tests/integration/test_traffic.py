@@ -19,6 +19,7 @@ from scipy.stats import chisquare
 
 from tests.conftest import synthetic_photo
 from tests.integration.conftest import INVERT_KIND, open_image, png_bytes
+from tests.integration.apps import beside_session
 from tests.integration.load import background_load
 
 pytestmark = pytest.mark.integration
@@ -161,13 +162,8 @@ def test_traffic_and_added_variants_survive_a_restart_of_the_app(app_url, tmp_pa
               "state": {"path": str(tmp_path / "state.json")}},
         deployments=[{"name": n, "ray_actor_options": {"num_cpus": 0}} for n in ("Ingress", "invert-a", "invert-b")],
     )  # fmt: skip
-    original = control.deployed_config()
-    assert original is not None
-    deploy = original.model_copy(deep=True)
-    deploy.applications.append(app)
-    control.submit(deploy)
-    wait_until_running("persist", 300)
-    with httpx.Client(base_url=f"{app_url}/persist", timeout=300) as persist:
+    with beside_session(app) as original, httpx.Client(base_url=f"{app_url}/persist", timeout=300) as persist:
+        deploy = control.deployed_config()  # the config with the app, as pixelfleet up would deploy it
         set_traffic(persist, weights={"a": 0.25, "b": 0.75})
         assert persist.post("/v1/variants/invert", json={"name": "extra", "config": {}, "deployment": {"ray_actor_options": {"num_cpus": 0}}}).status_code == 201
         control.submit(original)  # the app and its added variant are gone
@@ -182,4 +178,14 @@ def test_traffic_and_added_variants_survive_a_restart_of_the_app(app_url, tmp_pa
         assert traffic["weights"] == {"a": 0.25, "b": 0.75, "extra": 0.0}
         assert traffic["variants"] == ["a", "b", "extra"]
         assert persist.post("/v1/invert", content=PNG, headers={"Content-Type": "image/png"}, params={"model": "extra"}).status_code == 200
-    control.submit(original)
+
+
+def test_traffic_by_handle(handle, client, restore_invert):
+    """The admin operations are handle methods too (inside the cluster, keyless)."""
+    from pixelfleet.models.errors import Unprocessable
+
+    handle.set_traffic.remote("invert", weights={"a": 0.5, "b": 0.5}).result()
+    assert handle.traffic.remote().result()["families"]["invert"]["weights"] == {"a": 0.5, "b": 0.5}
+    assert client.get("/v1/traffic").json()["families"]["invert"]["weights"] == {"a": 0.5, "b": 0.5}
+    with pytest.raises(Unprocessable):
+        handle.set_traffic.remote("invert", weights={"zz": 1.0}).result()
