@@ -60,6 +60,10 @@ class FamilyConfig(Strict):
     variants: dict[str, Any]
     traffic: dict[str, float] | None = Field(None, description="A/B weights per variant (>= 0, sum > 0)")
     shadow: dict[str, float] = Field(default_factory=dict, description="variant -> fraction in (0, 1] of requests copied to it")
+    timeout_s: float = Field(
+        300.0, gt=0, le=3600,
+        description="seconds a request may take in the family's replicas; later it answers 504 and its work is cancelled",
+    )  # fmt: skip
 
     @model_validator(mode="after")
     def _check_names(self) -> "FamilyConfig":

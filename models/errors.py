@@ -98,6 +98,20 @@ class Overloaded(PixelfleetError):
     headers = {"Retry-After": "1"}
 
 
+class RateLimited(PixelfleetError):
+    """The caller is over its rate limit for this route group (429, ``serve/ratelimit.py``);
+    ``headers``: ``Retry-After`` (seconds) and the ``RateLimit-*`` fields."""
+
+    status, code = 429, "rate_limited"
+
+    def __init__(self, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.headers = dict(headers or {})
+
+    def __reduce__(self):
+        return (type(self), (self.message, self.headers))
+
+
 class NotFound(PixelfleetError):
     """No such route, family or resource."""
 
@@ -127,3 +141,9 @@ class ModelUnavailable(PixelfleetError):
 
     status, code = 503, "model_unavailable"
     headers = {"Retry-After": "5"}
+
+
+class GatewayTimeout(PixelfleetError):
+    """The family did not answer within its ``timeout_s``; the work in its replica is cancelled."""
+
+    status, code = 504, "timeout"

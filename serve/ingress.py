@@ -27,7 +27,7 @@ from ray.serve.handle import DeploymentHandle
 
 from pixelfleet.deployments import telemetry
 from pixelfleet.deployments.spec import FamilyConfig, FamilySpec, Operation, Result, VariantAddress, check_traffic, deployment_name
-from pixelfleet.models.errors import NotFound, UnknownModel, Unprocessable
+from pixelfleet.models.errors import GatewayTimeout, NotFound, UnknownModel, Unprocessable
 from pixelfleet.serve import control, metrics
 from pixelfleet.serve.config import AppConfig, state_path
 from pixelfleet.serve.errors import as_pixelfleet_error, describe_validation
@@ -82,10 +82,13 @@ class Ingress:
         config: the app's ``args`` (:class:`~pixelfleet.serve.config.AppConfig` as a dict).
         variants: family -> variant -> the bound deployment (a handle here): what ``build_app``
             wired, so the whole graph is one Serve application.
+        limiter: the ``RateLimiter`` deployment's handle when rate limits are on
+            (``serve/ratelimit.py``), else None.
     """
 
-    def __init__(self, config: dict, variants: dict[str, dict[str, DeploymentHandle]]) -> None:
+    def __init__(self, config: dict, variants: dict[str, dict[str, DeploymentHandle]], limiter: DeploymentHandle | None = None) -> None:
         self.config = AppConfig.model_validate(config)
+        self.limiter = limiter
         context = serve.get_replica_context()
         self.app_name, self.deployment_name = context.app_name, context.deployment
         self.bound = variants
@@ -218,8 +221,13 @@ class Ingress:
         telemetry.annotate(variant=label)
         payload = options.model_dump(mode="json")
         started = time.monotonic()
+        response = family.handle(route[0].variant).invoke.remote(operation.name, image, payload, route, context=self._context(family, route[0].variant))
         try:
-            result = await self._call(family, label, family.handle(route[0].variant).invoke.remote(operation.name, image, payload, route, context=self._context(family, route[0].variant)))
+            result = await asyncio.wait_for(self._call(family, label, response), family.config.timeout_s)
+        except asyncio.TimeoutError:
+            response.cancel()  # Serve cancels the request in the replica (and its chained calls)
+            metrics.record_request(family.name, label, operation.name, GatewayTimeout.status, time.monotonic() - started)
+            raise GatewayTimeout(f"{family.name}/{label} did not answer within {family.config.timeout_s:g} s") from None
         except Exception as err:
             metrics.record_request(family.name, label, operation.name, getattr(err, "status", 500), time.monotonic() - started)
             raise

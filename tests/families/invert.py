@@ -47,6 +47,7 @@ class Inverter(VariantDeployment):
     def __init__(self, variant: str, limits: dict, mode: str = "invert", delay_s: float = 0.0) -> None:
         self.variant, self.mode, self.delay_s = variant, mode, delay_s
         self.limits = Limits.model_validate(limits)
+        self.finished = self.cancelled = 0  # calls that ran to the end / were cancelled mid-way
 
     async def invert(self, image: bytes | np.ndarray, params: dict, route: list[VariantAddress]) -> Result:
         """``(H, W, C)`` uint8 -> ``255 - x`` (or the same), answered in kind."""
@@ -55,8 +56,13 @@ class Inverter(VariantDeployment):
             raise RuntimeError("unexpected failure at /srv/secret/model.py line 12")
         pixels = to_array(decode_image(image, self.limits.max_pixels)) if isinstance(image, bytes) else image
         if self.delay_s:
-            await asyncio.sleep(self.delay_s)
+            try:
+                await asyncio.sleep(self.delay_s)
+            except asyncio.CancelledError:
+                self.cancelled += 1
+                raise
         out = 255 - pixels if self.mode == "invert" else pixels.copy()
+        self.finished += 1
         if not isinstance(image, bytes):
             return Result(out, "application/octet-stream")
         return Result(encode_image(out, options.format), f"image/{options.format}")
@@ -68,7 +74,7 @@ class Inverter(VariantDeployment):
         return float(np.mean(a == b)) if a.shape == b.shape else 0.0
 
     def info(self) -> dict:
-        return {"variant": self.variant, "mode": self.mode, "delay_s": self.delay_s}
+        return {"variant": self.variant, "mode": self.mode, "delay_s": self.delay_s, "finished": self.finished, "cancelled": self.cancelled}
 
     def ready(self) -> bool:
         return True
