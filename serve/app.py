@@ -8,6 +8,7 @@ and resources::
 
     Ingress --> superres-srresnet-x4, superres-srresnet-x2, ...   (one per variant)
             --> ocr-tesseract, ocr-rapidocr, ...
+            --> RateLimiter   (only with rate_limits enabled; serve/ratelimit.py)
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from ray.serve import Application
 from pixelfleet.deployments.spec import Limits, load_spec
 from pixelfleet.serve.config import AppConfig
 from pixelfleet.serve.ingress import Ingress
+from pixelfleet.serve.ratelimit import RateLimiter
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -30,6 +32,9 @@ def build_app(args: dict) -> Application:
         family: {name: config.spec(family).bind_variant(family, name, variant, config.limits) for name, variant in block.variants.items()}
         for family, block in config.families.items()
     }
+    if config.rate_limits is not None and config.rate_limits.enabled:  # one limiter shared by every ingress replica
+        limiter = RateLimiter.bind(config.rate_limits.model_dump(mode="json"))
+        return Ingress.bind(config=config.model_dump(mode="json"), variants=variants, limiter=limiter)
     return Ingress.bind(config=config.model_dump(mode="json"), variants=variants)
 
 

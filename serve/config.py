@@ -83,6 +83,32 @@ class AuthConfig(Strict):
     jwt: JwtConfig | None = None
 
 
+class RateGroup(Strict):
+    """One route group's token bucket per caller: ``burst`` requests at once, refilled at
+    ``rate_per_s`` requests per second (``serve/ratelimit.py``)."""
+
+    rate_per_s: float = Field(gt=0, le=1_000_000, description="tokens (requests) added per second")
+    burst: int = Field(ge=1, le=1_000_000, description="the bucket's size: requests admitted at once after idling")
+
+
+class RateLimitConfig(Strict):
+    """Rate limits per caller and route group (``infer``, ``admin``, ``jobs``), kept by one
+    ``RateLimiter`` deployment shared by every ingress replica; off by default. A group not named
+    in ``groups`` is not limited."""
+
+    enabled: bool = False
+    groups: dict[Literal["infer", "admin", "jobs"], RateGroup] = Field(default_factory=dict, description="route group -> its limit")
+    max_callers: int = Field(100_000, ge=1, le=10_000_000, description="buckets kept in memory; the least recently used are evicted")
+    trust_forwarded_for: bool = Field(False, description="key anonymous callers by the first X-Forwarded-For hop (only behind a proxy that sets it)")
+    timeout_s: float = Field(1.0, gt=0, le=30, description="seconds to wait for the limiter before admitting without a limit (fail open)")
+
+    @model_validator(mode="after")
+    def _some_group(self) -> RateLimitConfig:
+        if self.enabled and not self.groups:
+            raise ValueError("rate_limits is enabled but limits no route group: set groups.infer, groups.admin or groups.jobs")
+        return self
+
+
 class AppConfig(Strict):
     """``args`` of the pixelfleet application."""
 
@@ -91,6 +117,7 @@ class AppConfig(Strict):
     state: StateConfig = StateConfig()
     tracing: TracingConfig = TracingConfig()
     auth: AuthConfig = AuthConfig()
+    rate_limits: RateLimitConfig | None = Field(None, description="per-caller rate limits (serve/ratelimit.py); none by default")
 
     @field_validator("families", mode="before")
     @classmethod

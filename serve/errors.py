@@ -27,6 +27,7 @@ from pixelfleet.models.errors import (
     Overloaded,
     PayloadTooLarge,
     PixelfleetError,
+    RateLimited,
     Unauthorized,
     Unprocessable,
     UnsupportedMediaType,
@@ -36,7 +37,7 @@ logger = logging.getLogger("ray.serve")
 REQUEST_ID_HEADER = "X-Request-Id"
 OIP_PREFIX = "/v2"
 
-_BY_STATUS = {400: InvalidInput, 401: Unauthorized, 403: Forbidden, 404: NotFound, 405: MethodNotAllowed, 413: PayloadTooLarge, 415: UnsupportedMediaType, 422: Unprocessable}
+_BY_STATUS = {400: InvalidInput, 401: Unauthorized, 403: Forbidden, 404: NotFound, 405: MethodNotAllowed, 413: PayloadTooLarge, 415: UnsupportedMediaType, 422: Unprocessable, 429: RateLimited}
 
 
 def describe_validation(errors: list[dict]) -> str:

@@ -23,6 +23,7 @@ from pixelfleet.deployments.spec import Operation
 from pixelfleet.models.images import OUTPUT_MEDIA_TYPES
 from pixelfleet.serve.auth import Authenticator, install_auth
 from pixelfleet.serve.errors import REQUEST_ID_HEADER, install_error_handlers
+from pixelfleet.serve.ratelimit import LimiterClient, install_rate_limits
 from pixelfleet.serve.uploads import IMAGE_FIELD, read_upload
 
 if TYPE_CHECKING:
@@ -172,6 +173,8 @@ def build_api(ingress: "Ingress") -> FastAPI:
         '`{"error": {"code": ..., "message": ..., "request_id": ...}}` (OIP v2: `{"error": ...}`).',
     )
     install_error_handlers(api)
+    if ingress.limiter is not None and ingress.config.rate_limits is not None:  # added before auth: runs after it, sees the caller
+        install_rate_limits(api, LimiterClient(ingress.limiter, ingress.config.rate_limits))
     authenticator = Authenticator.from_config(ingress.config.auth)  # None when auth is off
     if authenticator is not None:  # added first, so it runs inside the request-id middleware
         install_auth(api, authenticator)
