@@ -14,6 +14,7 @@ the config (the test-only family in ``tests/families/`` is served that way).
 from __future__ import annotations
 
 import importlib
+import math
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any, Callable, Literal
@@ -84,12 +85,14 @@ def check_traffic(weights: dict[str, float] | None, shadow: dict[str, float], va
     """Validate A/B weights and shadow fractions against the variants that exist.
 
     Raises:
-        ValueError: an unknown variant, a negative weight, weights summing to 0, a shadow fraction
-            outside (0, 1].
+        ValueError: an unknown variant, a weight that is negative, NaN or infinite, weights
+            summing to 0, a shadow fraction outside (0, 1].
     """
     for name in [*(weights or {}), *shadow]:
         if name not in variants:
             raise ValueError(f"unknown variant {name!r}; variants: {', '.join(sorted(variants))}")
+    if not all(math.isfinite(value) for value in [*(weights or {}).values(), *shadow.values()]):
+        raise ValueError("traffic weights and shadow fractions must be finite numbers")
     if weights is not None:
         if any(w < 0 for w in weights.values()):
             raise ValueError("traffic weights must be >= 0")

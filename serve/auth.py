@@ -238,7 +238,9 @@ class JwtVerifier:
             try:
                 claims = jwt.decode(
                     token, key, algorithms=[algorithm], audience=self.config.audience, issuer=self.config.issuer,
-                    leeway=self.config.leeway_s, options={"require": required, "enforce_minimum_key_length": True},
+                    leeway=self.config.leeway_s,
+                    # a token's aud is checked only where an audience is configured (PyJWT refuses any aud otherwise)
+                    options={"require": required, "enforce_minimum_key_length": True, "verify_aud": bool(self.config.audience)},
                 )  # fmt: skip
                 break
             except jwt.InvalidSignatureError as err:  # another key of the same algorithm may fit

@@ -18,16 +18,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 from ray import serve
 from ray.serve.handle import DeploymentHandle
+from ray.serve.schema import DeploymentSchema, ServeApplicationSchema, ServeDeploySchema
 
 from pixelfleet.deployments import telemetry
 from pixelfleet.deployments.spec import FamilyConfig, FamilySpec, Operation, Result, VariantAddress, check_traffic, deployment_name
-from pixelfleet.models.errors import GatewayTimeout, NotFound, UnknownModel, Unprocessable
+from pixelfleet.models.errors import GatewayTimeout, InternalError, ModelUnavailable, NotFound, UnknownModel, Unprocessable
 from pixelfleet.serve import control, metrics
 from pixelfleet.serve.config import AppConfig, state_path
 from pixelfleet.serve.errors import as_pixelfleet_error, describe_validation
@@ -36,6 +39,8 @@ from pixelfleet.serve.traffic import FamilyTraffic, TrafficState, load_state, ne
 
 logger = logging.getLogger("ray.serve")
 READY_TIMEOUT_S = 2.0
+#: Shadow copies in flight per shadow variant and ingress replica; more are skipped.
+SHADOWS_IN_FLIGHT = 8
 
 
 def validate_params(operation: Operation, values: dict[str, Any]) -> BaseModel:
@@ -96,6 +101,7 @@ class Ingress:
         self.families: dict[str, Family] = {}
         self._apply(self.state)
         self._background: set[asyncio.Task] = set()
+        self._shadow_slots: dict[tuple[str, str], asyncio.Semaphore] = {}
         self._change_lock = asyncio.Lock()
 
     def __serve_build_asgi_app__(self):
@@ -175,12 +181,22 @@ class Ingress:
         return self.families[name]
 
     async def cards(self, family: Family) -> dict[str, dict]:
-        """Every variant's ``info()`` (fetched once per variant, then cached)."""
+        """The ``info()`` of every variant that answers within :data:`READY_TIMEOUT_S` (fetched once
+        per variant, then cached); a variant that does not answer (dead, still starting) is left
+        out this time, so it cannot hold up requests that other variants serve."""
         missing = [v for v in family.variants if v not in family.cards]
         if missing:
-            infos = await asyncio.gather(*(self._call(family, v, family.handle(v).info.remote()) for v in missing))
-            family.cards.update(zip(missing, infos))
-        return {v: family.cards[v] for v in family.variants}
+
+            async def fetch(variant: str) -> dict | None:
+                try:
+                    return await asyncio.wait_for(self._call(family, variant, family.handle(variant).info.remote()), READY_TIMEOUT_S)
+                except Exception as err:
+                    logger.warning("%s/%s: no model card yet (%s)", family.name, variant, type(err).__name__)
+                    return None
+
+            infos = await asyncio.gather(*(fetch(v) for v in missing))
+            family.cards.update({v: info for v, info in zip(missing, infos) if info is not None})
+        return {v: family.cards[v] for v in family.variants if v in family.cards}
 
     async def _call(self, family: Family, variant: str, response) -> Any:
         try:
@@ -216,6 +232,8 @@ class Ingress:
         options = validate_params(operation, params)
         chosen, explicit = self.choose(family, model, caller)
         cards = await self.cards(family)
+        if chosen not in cards:
+            raise ModelUnavailable(f"{family.name}/{chosen} does not answer; retry shortly")
         route = [family.variants[v] for v in family.spec.plan(operation, options, chosen, explicit, cards)]
         label = "+".join(address.variant for address in route)
         telemetry.annotate(variant=label)
@@ -242,13 +260,23 @@ class Ingress:
 
     def _shadow(self, family: Family, operation: Operation, options: BaseModel, primary: str, image: Any, payload: dict, result: Result, cards: dict) -> None:
         """Copy the request to the sampled shadow variants, after the primary answered; their
-        answers are compared with the primary's and dropped."""
+        answers are compared with the primary's and dropped. At most :data:`SHADOWS_IN_FLIGHT`
+        copies per shadow variant run at once (per ingress replica); a copy beyond that is
+        skipped (counted), so shadows never pile up in the ingress or flood the variant."""
         for variant in shadow_targets(family.traffic.shadow, primary):
-            task = asyncio.create_task(self._run_shadow(family, operation, options, variant, image, payload, result, cards))
+            slots = self._shadow_slots.setdefault((family.name, variant), asyncio.Semaphore(SHADOWS_IN_FLIGHT))
+            if slots.locked():
+                metrics.record_shadow(family.name, variant, "skipped", None, None)
+                continue
+            task = asyncio.create_task(self._run_shadow(family, operation, options, variant, image, payload, result, cards, slots))
             self._background.add(task)
             task.add_done_callback(self._background.discard)
 
-    async def _run_shadow(self, family: Family, operation: Operation, options: BaseModel, variant: str, image: Any, payload: dict, primary: Result, cards: dict) -> None:
+    async def _run_shadow(self, family: Family, operation: Operation, options: BaseModel, variant: str, image: Any, payload: dict, primary: Result, cards: dict, slots: asyncio.Semaphore) -> None:
+        async with slots:
+            await self._shadow_call(family, operation, options, variant, image, payload, primary, cards)
+
+    async def _shadow_call(self, family: Family, operation: Operation, options: BaseModel, variant: str, image: Any, payload: dict, primary: Result, cards: dict) -> None:
         started = time.monotonic()
         try:
             route = [family.variants[v] for v in family.spec.plan(operation, options, variant, True, cards)]
@@ -256,7 +284,12 @@ class Ingress:
             metrics.record_shadow(family.name, variant, "skipped", None, None)
             return
         try:
-            agreement = await family.handle(variant).invoke.remote("shadow", operation.name, image, payload, route, primary, context=self._context(family, variant))
+            response = family.handle(variant).invoke.remote("shadow", operation.name, image, payload, route, primary, context=self._context(family, variant))
+            try:
+                agreement = await asyncio.wait_for(response, family.config.timeout_s)
+            except asyncio.TimeoutError:
+                response.cancel()
+                raise
         except Exception as err:
             logger.warning("shadow %s/%s failed: %s", family.name, variant, as_pixelfleet_error(err, f"{family.name}/{variant}").message)
             metrics.record_shadow(family.name, variant, "error", time.monotonic() - started, None)
@@ -308,42 +341,71 @@ class Ingress:
         """Change a family's A/B weights and/or shadows, live on every ingress replica, persisted.
 
         Raises:
-            NotFound: no such family. Unprocessable: unknown variants, negative weights, a zero sum.
+            NotFound: no such family. Unprocessable: unknown variants, negative or non-finite
+                weights, a zero sum.
         """
-        family = self.family(family_name)
-        new = FamilyTraffic(
-            weights=family.traffic.weights if weights is None else weights,
-            shadow=family.traffic.shadow if shadow is None else shadow,
-        )
-        try:
-            check_traffic(new.weights, new.shadow, set(family.variants))
-        except ValueError as err:
-            raise Unprocessable(str(err)) from None
-        state = self.state.model_copy(deep=True)
-        state.families[family_name] = new
-        await self.commit(state)
+        self.family(family_name)
+
+        def change(state: TrafficState) -> None:  # runs under the change lock, on the newest state
+            family = self.families[family_name]
+            new = FamilyTraffic(
+                weights=family.traffic.weights if weights is None else weights,
+                shadow=family.traffic.shadow if shadow is None else shadow,
+            )
+            try:
+                check_traffic(new.weights, new.shadow, set(family.variants))
+            except ValueError as err:
+                raise Unprocessable(str(err)) from None
+            state.families[family_name] = new
+
+        await self.commit(change)
         return self.traffic()["families"][family_name]
 
-    async def commit(self, state: TrafficState) -> None:
-        """Make ``state`` (one revision newer) the app's: the state file, this replica, and every
-        ingress replica through Serve's ``user_config``."""
+    async def commit(self, change: Callable[[TrafficState], None]) -> TrafficState:
+        """Apply ``change`` to a copy of the newest state, one change at a time (what it checks
+        sees every change committed before it), and make the result the app's: the state file,
+        this replica, and every ingress replica through Serve's ``user_config``. An exception
+        from ``change`` leaves everything as it was.
+
+        One lock per ingress replica: two replicas changing traffic at the same instant can still
+        race (the later revision wins); admin changes are rare and go to one replica in practice.
+        """
         async with self._change_lock:
+            state = self.state.model_copy(deep=True)
+            change(state)
             state.revision = self.state.revision + 1
             await asyncio.to_thread(save_state, state_path(self.config), state)
             self._apply(state)
-            await asyncio.to_thread(self._push_user_config, state)
+            await asyncio.to_thread(self._change_deployed, partial(self._set_user_config, state))
+            return state
 
-    def _push_user_config(self, state: TrafficState) -> None:
+    async def change_deployed(self, change: Callable[[ServeDeploySchema], None]) -> bool:
+        """Read what the controller runs, ``change`` it and submit it, under the change lock (so no
+        two read-modify-submits of this replica interleave). False where the app was deployed
+        from Python and has no config to resubmit."""
+        async with self._change_lock:
+            return await asyncio.to_thread(self._change_deployed, change)
+
+    def _change_deployed(self, change: Callable[[ServeDeploySchema], None]) -> bool:
         schema = control.deployed_config()
         if schema is None:  # deployed from Python (serve.run): this replica and the state file only
-            logger.warning("the app was not deployed from a config; the traffic change holds on this ingress replica and in the state file")
-            return
-        app = next(a for a in schema.applications if a.name == self.app_name)
+            logger.warning("the app was not deployed from a config; the change holds on this ingress replica and in the state file")
+            return False
+        change(schema)
+        control.submit(schema)
+        return True
+
+    def own_app(self, schema: ServeDeploySchema) -> ServeApplicationSchema:
+        """This app's entry in a deployed config. Raises InternalError if it is missing."""
+        app = next((a for a in schema.applications if a.name == self.app_name), None)
+        if app is None:
+            raise InternalError(f"application {self.app_name} is not in the deployed config")
+        return app
+
+    def _set_user_config(self, state: TrafficState, schema: ServeDeploySchema) -> None:
+        app = self.own_app(schema)
         ingress = next((d for d in app.deployments if d.name == self.deployment_name), None)
         if ingress is None:
-            from ray.serve.schema import DeploymentSchema
-
             ingress = DeploymentSchema(name=self.deployment_name)
             app.deployments.append(ingress)
         ingress.user_config = state.model_dump(mode="json")
-        control.submit(schema)

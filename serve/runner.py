@@ -77,14 +77,16 @@ def wait_until_running(name: str, timeout_s: float) -> None:
 
 def with_added_variants(schema: ServeDeploySchema) -> ServeDeploySchema:
     """``schema`` plus the applications of the variants added at run time that the pixelfleet
-    apps' state files record (``serve/variants.py``), so a restart serves them again."""
+    apps' state files record (``serve/variants.py``), so a restart serves them again, and with
+    the variants taken out of service scaled to zero replicas again."""
     from pydantic import ValidationError
 
     from pixelfleet.serve.config import AppConfig, state_path
     from pixelfleet.serve.traffic import load_state
-    from pixelfleet.serve.variants import variant_app_schema
+    from pixelfleet.deployments.spec import deployment_name
+    from pixelfleet.serve.variants import scale_to_zero, variant_app_schema
 
-    extra = []
+    extra, removed = [], []
     for app in schema.applications:
         if not app.import_path.endswith("serve.app:build_app"):
             continue
@@ -97,9 +99,12 @@ def with_added_variants(schema: ServeDeploySchema) -> ServeDeploySchema:
         for family, added in (state.added if state else {}).items():
             for variant, record in added.items():
                 extra.append(variant_app_schema(app.name, config, family, variant, record.config, record.deployment))
+        removed.extend((app.name, family, variant) for family, names in (state.removed if state else {}).items() for variant in names)
     names = {a.name for a in schema.applications}
     schema = schema.model_copy(deep=True)
     schema.applications += [a for a in extra if a.name not in names]
+    for app_name, family, variant in removed:  # variants taken out of service stay at zero replicas
+        scale_to_zero(schema, app_name, deployment_name(family, variant))
     return schema
 
 

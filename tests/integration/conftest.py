@@ -69,7 +69,7 @@ def app_url(tmp_path_factory, otlp_receiver) -> Iterator[str]:
     # the test-only plug-in family (tests/families/invert.py): served without a line of serve/ naming it
     app.args["families"]["invert"] = {
         "kind": INVERT_KIND, "default": "a",
-        "variants": {"a": {}, "b": {"mode": "identity"}, "slow": {"delay_s": 0.5}},
+        "variants": {"a": {}, "b": {"mode": "identity"}, "slow": {"delay_s": 2.0}},
     }  # fmt: skip
     app.runtime_env.setdefault("env_vars", {})["PYTHONPATH"] = str(REPO)  # replicas import tests.families
     # local.yaml hands out both CPUs; these extra replicas reserve none (they are idle but for their tests)

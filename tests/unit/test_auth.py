@@ -205,6 +205,12 @@ def test_jwt_expired_wrong_audience_issuer_and_missing_claims():
         assert credential not in caught.value.message
 
 
+def test_a_token_with_aud_passes_where_no_audience_is_configured():
+    """An identity provider's tokens carry aud; without ``audience`` set it is not checked."""
+    auth = authenticator(secret_env="JWT_SECRET")
+    assert auth.authenticate(bearer(token(SECRET, aud="some-api"))).name == "alice"
+
+
 def test_token_scopes_from_scope_or_scopes():
     assert token_scopes({"scope": "infer  admin other"}) == {"infer", "admin"}
     assert token_scopes({"scopes": ["jobs", 3, "x"]}) == {"jobs"}

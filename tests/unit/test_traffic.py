@@ -76,6 +76,11 @@ def test_validation_names_the_problem():
         validated(FamilyTraffic(weights={"z": 1}), {"a"})
     with pytest.raises(ValueError, match="sum to more than 0"):
         validated(FamilyTraffic(weights={"a": 0}), {"a"})
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="finite"):
+            validated(FamilyTraffic(weights={"a": bad, "b": 1.0}), {"a", "b"})
+        with pytest.raises(ValueError, match="finite"):
+            validated(FamilyTraffic(weights={"a": 1.0}, shadow={"b": bad}), {"a", "b"})
 
 
 def test_state_round_trips_through_its_file_and_the_newest_revision_wins(tmp_path):
