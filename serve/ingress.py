@@ -30,7 +30,7 @@ from ray.serve.schema import DeploymentSchema, ServeApplicationSchema, ServeDepl
 
 from pixelfleet.deployments import telemetry
 from pixelfleet.deployments.spec import FamilyConfig, FamilySpec, Operation, Result, VariantAddress, check_traffic, deployment_name
-from pixelfleet.models.errors import GatewayTimeout, InternalError, ModelUnavailable, NotFound, UnknownModel, Unprocessable
+from pixelfleet.models.errors import GatewayTimeout, InternalError, ModelUnavailable, NotFound, PixelfleetError, UnknownModel, Unprocessable
 from pixelfleet.serve import control, metrics
 from pixelfleet.serve.config import AppConfig, state_path
 from pixelfleet.serve.errors import as_pixelfleet_error, describe_validation
@@ -62,6 +62,7 @@ class Family:
     traffic: FamilyTraffic
     handles: dict[str, DeploymentHandle] = field(default_factory=dict)
     cards: dict[str, dict] = field(default_factory=dict)
+    card_errors: dict[str, PixelfleetError] = field(default_factory=dict)
 
     def handle(self, variant: str) -> DeploymentHandle:
         if variant not in self.handles:
@@ -190,9 +191,12 @@ class Ingress:
             async def fetch(variant: str) -> dict | None:
                 try:
                     return await asyncio.wait_for(self._call(family, variant, family.handle(variant).info.remote()), READY_TIMEOUT_S)
-                except Exception as err:
-                    logger.warning("%s/%s: no model card yet (%s)", family.name, variant, type(err).__name__)
-                    return None
+                except asyncio.TimeoutError:
+                    family.card_errors[variant] = ModelUnavailable(f"{family.name}/{variant} does not answer; retry shortly")
+                except PixelfleetError as err:  # e.g. Overloaded: its queue is full right now
+                    family.card_errors[variant] = err
+                logger.warning("%s/%s: no model card yet (%s)", family.name, variant, family.card_errors[variant].code)
+                return None
 
             infos = await asyncio.gather(*(fetch(v) for v in missing))
             family.cards.update({v: info for v, info in zip(missing, infos) if info is not None})
@@ -232,8 +236,8 @@ class Ingress:
         options = validate_params(operation, params)
         chosen, explicit = self.choose(family, model, caller)
         cards = await self.cards(family)
-        if chosen not in cards:
-            raise ModelUnavailable(f"{family.name}/{chosen} does not answer; retry shortly")
+        if chosen not in cards:  # why its card is missing: a full queue (503 overloaded), or no replica
+            raise family.card_errors.get(chosen) or ModelUnavailable(f"{family.name}/{chosen} does not answer; retry shortly")
         route = [family.variants[v] for v in family.spec.plan(operation, options, chosen, explicit, cards)]
         label = "+".join(address.variant for address in route)
         telemetry.annotate(variant=label)
