@@ -319,7 +319,9 @@ def traffic_report(
         raise typer.Exit(1)
     info = traffic["families"][family]
     try:
-        report = build_report(text, family, info["weights"], info.get("default"), operation, info.get("variants", ()), alpha, power, mde)
+        report = build_report(
+            text, family, info["weights"], info.get("default"), operation, info.get("variants", ()), alpha, power, mde, application=traffic.get("app")
+        )
     except ValueError as err:
         typer.echo(f"{metrics_url or url + '/metrics'} is not Prometheus text: {err}", err=True)
         raise typer.Exit(1) from None

@@ -332,8 +332,9 @@ class Ingress:
         return {f"{f.name}/{v}": state for (f, v), state in zip(pairs, states)}
 
     def traffic(self) -> dict:
-        """Every family's weights, shadows and variants (``GET /v1/traffic``)."""
+        """Every family's weights, shadows and variants, and this app's name (``GET /v1/traffic``)."""
         return {
+            "app": self.app_name,
             "revision": self.state.revision,
             "families": {
                 name: {**family.traffic.model_dump(), "default": family.config.default, "variants": sorted(family.variants)}

@@ -372,6 +372,7 @@ def _seconds(value: float | None) -> str:
 def build_report(
     text: str, family: str, weights: dict[str, float], default: str | None = None, operation: str | None = None,
     served: Iterable[str] = (), alpha: float = ALPHA, power: float = POWER, mde: float = MIN_DETECTABLE_EFFECT,
+    application: str | None = None,
 ) -> dict:  # fmt: skip
     """The report of ``family`` from exposition ``text``, its current ``weights`` and the
     variants it serves, as a dict
@@ -380,10 +381,16 @@ def build_report(
     "latency_s": {"p50", "p95", "p99"}, "shadow": {outcome: count}, "agreement": {measure: mean},
     "vs_control": {...} (None for the control)}]}``.
 
+    ``application``: only the series of that Serve application (Ray's ``application`` label; the
+    ingress records them), so a family of the same name in another app of the cluster stays out.
+
     Raises:
         ValueError: ``text`` is not Prometheus text format.
     """
-    arms = arms_from_metrics(parse_samples(text), family, weights, operation, served)
+    samples = parse_samples(text)
+    if application is not None:
+        samples = [s for s in samples if s.labels.get("application", application) == application]
+    arms = arms_from_metrics(samples, family, weights, operation, served)
     control_name = control_of(weights, default)
     control = arms.get(control_name) if control_name else None
     variants = []

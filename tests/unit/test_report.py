@@ -196,3 +196,15 @@ def test_one_operation_can_be_reported_alone():
     assert build_report(cluster.text(), FAMILY, {"a": 1.0})["variants"][0]["requests"] == 15
     assert build_report(cluster.text(), FAMILY, {"a": 1.0}, operation="invert")["variants"][0]["requests"] == 10
     assert build_report(cluster.text(), FAMILY, {"a": 1.0}, operation="other")["variants"][0]["requests"] == 5
+
+
+def test_only_the_named_applications_series_count():
+    """Two apps of one cluster with a family of the same name: the report reads its own app's."""
+    registry = CollectorRegistry()
+    requests = Counter("ray_pixelfleet_requests", "requests", ["family", "variant", "operation", "status", "application"], registry=registry)
+    requests.labels(FAMILY, "a", "invert", "200", "pixelfleet").inc(5)
+    requests.labels(FAMILY, "a", "invert", "200", "other").inc(100)
+    text = generate_latest(registry).decode()
+    mine = {row["variant"]: row for row in build_report(text, FAMILY, {"a": 1.0}, application="pixelfleet")["variants"]}
+    everything = {row["variant"]: row for row in build_report(text, FAMILY, {"a": 1.0})["variants"]}
+    assert mine["a"]["requests"] == 5 and everything["a"]["requests"] == 105
