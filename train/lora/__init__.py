@@ -1,0 +1,1 @@
+"""LoRA fine-tuning of Stable Diffusion on Ray Train (``pixelfleet train lora``; issue 13)."""
