@@ -1,4 +1,4 @@
-"""The import rule of the layout: arrows point down (serve -> deployments -> models; train ->
+"""The import rule of the layout: arrows point down (serve -> jobs -> deployments -> models; train ->
 models), so no package imports one above it."""
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ FORBIDDEN = {
     "models": ("pixelfleet.serve", "pixelfleet.deployments", "pixelfleet.train"),
     "deployments": ("pixelfleet.serve", "pixelfleet.train"),
     "train": ("pixelfleet.serve", "pixelfleet.deployments"),
+    "jobs": ("pixelfleet.serve", "pixelfleet.train"),
 }
 
 
@@ -40,7 +41,7 @@ def test_no_package_imports_one_above_it(package):
 
 def test_nothing_imports_the_top_level_folders_by_their_bare_names():
     """``serve``, ``train``, ``deployments`` and ``models`` are importable only as pixelfleet.*."""
-    bare = ("serve", "train", "deployments", "models")
+    bare = ("serve", "train", "deployments", "models", "jobs")
     offenders = [
         f"{path.relative_to(REPO)} imports {name}"
         for folder in (*bare, "tests", "bench")
