@@ -32,3 +32,20 @@ def synthetic_photo(height: int, width: int, seed: int = 0) -> np.ndarray:
         image += (np.exp(-((y - cy) ** 2 + (x - cx) ** 2) / (2 * r * r))[..., None] * rng.uniform(-90, 90, size=3))
     image[:, width // 2 :] += 30  # a hard vertical edge
     return np.clip(image, 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="session")
+def tiny_sd(tmp_path_factory) -> dict[str, Path]:
+    """The tiny Stable Diffusion pipeline of ``tests/tinysd.py`` on disk, made once per session:
+    ``folder`` (diffusers folder), ``single_file`` (SD 1.x-layout ``.safetensors``; load it with
+    ``config=folder``), ``lora`` (a rank-4 LoRA that fits it) and ``lora_other_base`` (one that
+    does not)."""
+    from tests import tinysd
+
+    root = tmp_path_factory.mktemp("tinysd")
+    return {
+        "folder": tinysd.save_folder(root / "folder"),
+        "single_file": tinysd.save_single_file(root / "tiny-sd1.safetensors"),
+        "lora": tinysd.make_lora(root / "loras" / "tiny-style.safetensors", rank=4, seed=1),
+        "lora_other_base": tinysd.make_lora_for_other_base(root / "other" / "wide.safetensors"),
+    }
