@@ -216,9 +216,10 @@ class Storage:
         where = self.locate(url)
         return where.fs.cat_file(where.path)
 
-    def list_files(self, prefix: str, max_files: int = 100_000) -> list[str]:
-        """Every file below the folder ``prefix`` (recursively), as sorted canonical URLs; each
-        one checked as :meth:`locate` checks (a local symlink pointing out is refused).
+    def list_files(self, prefix: str, max_files: int = 100_000) -> list[tuple[str, str]]:
+        """Every file below the folder ``prefix`` (recursively), sorted: ``(name, url)`` pairs,
+        ``name`` relative to the prefix (``sub/a.png``), ``url`` canonical and checked as
+        :meth:`locate` checks (a local symlink pointing out of the roots is refused).
 
         Raises:
             InvalidInput: the prefix, or a file below it, is refused; more than ``max_files``.
@@ -232,7 +233,10 @@ class Storage:
         if len(found) > max_files:
             raise InvalidInput(f"more than {max_files} files below {prefix}")
         protocol = "file" if where.local else _protocol_of(where.url)[0]
-        return [self.locate(f"file://{path}" if protocol == "file" else f"{protocol}://{path}").url for path in found]
+        return [
+            (path[len(folder) + 1 :], self.locate(f"file://{path}" if protocol == "file" else f"{protocol}://{path}").url)
+            for path in found
+        ]
 
     @contextlib.contextmanager
     def local_copy(self, url: str) -> Iterator[Path]:

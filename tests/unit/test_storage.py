@@ -34,7 +34,7 @@ def test_local_read_list_write(local) -> None:
     with pytest.raises(InvalidInput):
         storage.list_files(str(root / "in"))
     os.unlink(root / "in" / "escape.png")
-    assert storage.list_files(str(root / "in") + "/") == [f"file://{root}/in/a.png", f"file://{root}/in/sub/b.png"]
+    assert storage.list_files(str(root / "in") + "/") == [("a.png", f"file://{root}/in/a.png"), ("sub/b.png", f"file://{root}/in/sub/b.png")]
 
 
 @pytest.mark.parametrize(
@@ -103,7 +103,7 @@ def test_s3_through_a_local_server(tmp_path) -> None:
         s3.pipe_file("inputs/private/c.png", b"C")
         s3.pipe_file("other/photos/a.png", b"O")
         assert storage.read_bytes("s3://inputs/photos/a.png") == b"A"
-        assert storage.list_files("s3://inputs/photos/") == ["s3://inputs/photos/a.png", "s3://inputs/photos/deep/b.png"]
+        assert storage.list_files("s3://inputs/photos/") == [("a.png", "s3://inputs/photos/a.png"), ("deep/b.png", "s3://inputs/photos/deep/b.png")]
         for bad in ("s3://inputs/private/c.png", "s3://other/photos/a.png", "s3://inputs/photos/../private/c.png",
                     "s3://inputs/photos//a.png", "s3://inputs/photosx/a.png", f"file://{tmp_path}/a.png"):  # fmt: skip
             with pytest.raises(InvalidInput):
