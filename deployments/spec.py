@@ -116,6 +116,11 @@ class Operation:
         output: ``image`` (bytes of the format in ``params.format``; UINT8 pixels over OIP when
             the input was pixels) or ``json`` (a dict).
         summary: one line for OpenAPI.
+        idempotent: running it twice gives the same answer and does nothing else, so the ingress
+            re-sends it once, at once, when the replica serving it dies mid-call (a killed
+            replica or node; Serve routes the second call to another replica). An operation
+            with side effects or randomness that must not repeat (e.g. a seeded-but-billed
+            generation) sets False and its caller sees 503 model_unavailable instead.
     """
 
     name: str
@@ -123,6 +128,7 @@ class Operation:
     output: Literal["image", "json"]
     route: str = ""
     summary: str = ""
+    idempotent: bool = True
 
 
 @dataclass(frozen=True)

@@ -54,3 +54,45 @@ def enable_token_auth() -> None:
     from ray._private.authentication.authentication_token_setup import _enable_token_auth
 
     _enable_token_auth()
+
+
+def serve_controller():
+    """The Serve controller's actor handle: a detached actor that Ray restarts when it dies
+    (the fault tests kill it under load). Its name and namespace are Serve's private constants.
+
+    Raises:
+        ValueError: Serve is not running on the connected cluster.
+    """
+    import ray
+    from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
+
+    return ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+
+
+def replica_actor(actor_name: str):
+    """The actor handle of a Serve replica, by the ``actor_name`` that the controller's details
+    (``ServeInstanceDetails``: ``applications.<app>.deployments.<name>.replicas``) list."""
+    import ray
+    from ray.serve._private.constants import SERVE_NAMESPACE
+
+    return ray.get_actor(actor_name, namespace=SERVE_NAMESPACE)
+
+
+def ongoing_requests(replica) -> int:
+    """Requests a replica actor is handling or holds queued right now (what Serve's router
+    asks it; answered on a thread of its own, so a busy replica answers too)."""
+    import ray
+
+    return ray.get(replica.get_num_ongoing_requests.remote(), timeout=30)
+
+
+def running_replicas(app: str, deployment: str) -> list:
+    """The RUNNING replicas of a deployment as the controller lists them
+    (``ray.serve.schema.ReplicaDetails``: ``replica_id``, ``actor_name``, ``node_id``, ``pid``);
+    ``[]`` when the application or deployment is not (yet) there."""
+    from ray.serve.schema import ReplicaState, ServeInstanceDetails
+
+    details = ServeInstanceDetails(**controller_client().get_serve_details())
+    application = details.applications.get(app)
+    found = application.deployments.get(deployment) if application is not None else None
+    return [r for r in found.replicas if r.state == ReplicaState.RUNNING] if found is not None else []

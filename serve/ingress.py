@@ -25,6 +25,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 from ray import serve
+from ray.exceptions import RayActorError
 from ray.serve.handle import DeploymentHandle
 from ray.serve.schema import DeploymentSchema, ServeApplicationSchema, ServeDeploySchema
 
@@ -243,11 +244,10 @@ class Ingress:
         telemetry.annotate(variant=label)
         payload = options.model_dump(mode="json")
         started = time.monotonic()
-        response = family.handle(route[0].variant).invoke.remote(operation.name, image, payload, route, context=self._context(family, route[0].variant))
+        send = partial(family.handle(route[0].variant).invoke.remote, operation.name, image, payload, route, context=self._context(family, route[0].variant))
         try:
-            result = await asyncio.wait_for(self._call(family, label, response), family.config.timeout_s)
-        except asyncio.TimeoutError:
-            response.cancel()  # Serve cancels the request in the replica (and its chained calls)
+            result = await asyncio.wait_for(self._send(family, label, operation, send), family.config.timeout_s)
+        except asyncio.TimeoutError:  # _send cancelled the call: Serve cancels it in the replica (and its chained calls)
             metrics.record_request(family.name, label, operation.name, GatewayTimeout.status, time.monotonic() - started)
             raise GatewayTimeout(f"{family.name}/{label} did not answer within {family.config.timeout_s:g} s") from None
         except Exception as err:
@@ -257,6 +257,37 @@ class Ingress:
         if not explicit:
             self._shadow(family, operation, options, chosen, image, payload, result, cards)
         return Answer(result, label, family.name)
+
+    async def _send(self, family: Family, label: str, operation: Operation, send: Callable[[], Any]) -> Result:
+        """Await ``send()``, a handle call to the route's first variant, and return its result.
+
+        A replica that dies under the call (``ray.kill``, a lost node: Ray's ``RayActorError``,
+        i.e. ``ActorDiedError`` or ``ActorUnavailableError``) gets the call sent once more, at
+        once, when the operation is idempotent: Serve's router has dropped the dead replica, so
+        the second call goes to another replica (or waits for the one the controller starts).
+        A second failure answers 503 ``model_unavailable``.
+
+        Cancellation (the HTTP client went away, or the family's timeout in ``wait_for``) cancels
+        the call in flight, so the replica's work stops (``asyncio.CancelledError`` there)
+        instead of running on for nobody; no shadow is sent for it.
+
+        Raises: the :mod:`pixelfleet.models.errors` form of the call's error; CancelledError.
+        """
+        response = send()
+        try:
+            try:
+                return await response
+            except RayActorError:
+                if not operation.idempotent:
+                    raise
+                logger.warning("%s/%s: the replica died during the call; sent once more", family.name, label)
+                response = send()
+                return await response
+        except asyncio.CancelledError:
+            response.cancel()
+            raise
+        except Exception as err:  # unwrap Ray's wrappers into the error hierarchy
+            raise as_pixelfleet_error(err, f"{family.name}/{label}") from None
 
     def _context(self, family: Family, variant: str) -> telemetry.CallContext:
         """Trace context and request id for a call to ``variant`` (``VariantDeployment.invoke``)."""

@@ -9,6 +9,7 @@ A/B and shadow tests can send hundreds of requests.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from typing import Literal
 
 import numpy as np
@@ -88,3 +89,8 @@ SPEC = FamilySpec(
     operations=(Operation(name="invert", params=InvertParams, output="image", summary="Invert an image"),),
     agreement="equal_fraction",
 )
+
+#: The same family with its operation marked not idempotent (``Operation.idempotent=False``): the
+#: ingress does not send a call again when its replica dies, so the fault tests can show that
+#: the re-send is what keeps the other stream free of failures.
+ONCE_SPEC = dataclasses.replace(SPEC, name="once", operations=(dataclasses.replace(SPEC.operations[0], idempotent=False),))
