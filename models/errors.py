@@ -147,3 +147,38 @@ class GatewayTimeout(PixelfleetError):
     """The family did not answer within its ``timeout_s``; the work in its replica is cancelled."""
 
     status, code = 504, "timeout"
+
+
+class ModelFileError(PixelfleetError):
+    """A model or adapter file that cannot be used (``models/modelfiles``): 422 when a request
+    names it (an adapter id), a failed load (the variant's replicas: 503 model_unavailable) when a
+    config names it. Subclasses say why; ``pixelfleet inspect`` gives each its own exit code."""
+
+    status, code = 422, "bad_model_file"
+
+
+class ModelFileNotFound(ModelFileError):
+    """No file or folder at the path."""
+
+    status, code = 404, "model_file_not_found"
+
+
+class UnrecognizedModelFile(ModelFileError):
+    """The path exists but holds no format pixelfleet reads (e.g. a folder without
+    ``model_index.json``, a GGUF file, text)."""
+
+    code = "unrecognized_model_file"
+
+
+class CorruptModelFile(ModelFileError):
+    """The file's bytes contradict its format: a truncated or malformed safetensors header or data,
+    a damaged pickle or ONNX protobuf, or a name that lies (a pickle named ``.safetensors``)."""
+
+    code = "corrupt_model_file"
+
+
+class UnsafeModelFile(ModelFileError):
+    """A pickle-based file (``.ckpt``/``.pt``/``.bin``), which can run code when loaded, without
+    ``allow_pickle``; or one that ``torch.load(weights_only=True)`` refuses (objects besides tensors)."""
+
+    code = "unsafe_model_file"

@@ -18,11 +18,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 from torch.nn import functional as F
 
 from pixelfleet.models.modelcard import ModelCard, SRArchitecture
+from pixelfleet.models.modelfiles.safeload import load_state_dict
 
 
 class ResidualBlock(nn.Module):
@@ -131,11 +132,16 @@ def load_model(folder: Path, device: str = "cpu") -> tuple[SRResNet, ModelCard]:
     Raises:
         FileNotFoundError: the folder lacks ``model.json`` or its weights file.
         pydantic.ValidationError: ``model.json`` does not match :class:`ModelCard`.
+        CorruptModelFile, UnsafeModelFile: the weights file is truncated, malformed, or a pickle
+            (:func:`pixelfleet.models.modelfiles.load_state_dict`).
         RuntimeError: the weights do not fit the architecture that the card names.
     """
     card = ModelCard.model_validate_json((folder / "model.json").read_text())
     model = build_model(card.architecture)
-    model.load_state_dict(load_file(str(folder / card.weights), device="cpu"))
+    weights = folder / card.weights
+    if not weights.is_file():
+        raise FileNotFoundError(f"{folder.name}: model.json names {card.weights}, which is missing")
+    model.load_state_dict(load_state_dict(weights))  # header checked first; a pickle is refused
     return model.to(device).eval(), card
 
 
