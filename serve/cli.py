@@ -111,6 +111,46 @@ def train_srgan(
     typer.echo(card.model_dump_json(indent=2))
 
 
+@train_app.command("lora")
+def train_lora(
+    config: Path = typer.Argument(..., help="run config YAML (train/configs/lora.yaml); --set overrides it"),
+    set_: list[str] = typer.Option([], "--set", help="override any field: --set optim.steps=200 (YAML value; repeatable)"),
+    resume: bool = typer.Option(False, help="continue the run <storage_path>/<name> from its latest checkpoint"),
+    address: Optional[str] = typer.Option(None, help="Ray cluster to train on, as for `pixelfleet train srgan`"),
+) -> None:
+    """Train a LoRA adapter for a Stable Diffusion 1.x/2.x diffusers folder with Ray Train; write
+    OUTPUT/NAME.safetensors (diffusers/peft keys) and its card OUTPUT/NAME.json.
+
+    It joins the cluster that serves when `pixelfleet up` runs, as `train srgan` does; a run that does not fit is refused."""
+    from pydantic import ValidationError
+
+    from pixelfleet.serve.runner import cluster_to_join
+    from pixelfleet.train.lora.config import load_config
+    from pixelfleet.train.lora.model import BaseModelError
+    from pixelfleet.train.lora.run import ClusterFullError, RunStateError, run
+    from pixelfleet.train.srgan.config import parse_assignment
+
+    try:
+        cfg = load_config(config, dict(parse_assignment(text) for text in set_))
+    except (ValueError, OSError) as err:  # pydantic's ValidationError is a ValueError
+        detail = str(err) if not isinstance(err, ValidationError) else "\n".join(
+            f"  {'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors()
+        )
+        typer.echo(f"invalid run config:\n{detail}", err=True)
+        raise typer.Exit(2) from None
+    try:
+        join, source = cluster_to_join(address)
+        card = run(cfg, _command_line(), resume=resume, address=join, address_source=source)
+    except (RunStateError, BaseModelError, FileNotFoundError, ClusterFullError) as err:
+        typer.echo(str(err), err=True)
+        raise typer.Exit(2) from None
+    except ConnectionError as err:
+        cause = f" ({err.__cause__})" if err.__cause__ else ""
+        typer.echo(f"cannot join the Ray cluster: {err}{cause}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(card.model_dump_json(indent=2))
+
+
 @eval_app.command("superres")
 def eval_superres(
     model: Path = typer.Option(..., help="super-resolution model folder"),
@@ -218,6 +258,35 @@ def status(address: str = typer.Option("auto", help="Ray cluster address")) -> N
     from pixelfleet.serve.runner import print_status
 
     raise typer.Exit(print_status(address))
+
+
+@app.command("inspect")
+def inspect_command(
+    path: str = typer.Argument(..., help="a diffusers folder, a checkpoint or LoRA file, an ONNX file, a model folder or builtin:NAME"),
+    json_: bool = typer.Option(False, "--json", help="print the ModelFileInfo as JSON"),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="read pickle files (.ckpt/.pt/.bin) with torch.load(weights_only=True)"),
+) -> None:
+    """What a model path holds: format, SD 1.x/2.x/SDXL, LoRA rank and base, ONNX inputs/outputs,
+    capabilities, parameters and memory. Reads headers only. Exit 0; 3 not found, 4 unrecognized,
+    5 corrupt/truncated/mislabeled, 6 a pickle without --allow-pickle (README: pixelfleet inspect)."""
+    from pixelfleet.models.errors import ModelFileError
+    from pixelfleet.models.modelfiles import inspect
+    from pixelfleet.serve.inspect_cli import exit_code, render
+
+    try:
+        info = inspect(path, allow_pickle=allow_pickle)
+    except ModelFileError as err:
+        typer.echo(f"error: {err.message}", err=True)
+        raise typer.Exit(exit_code(err)) from None
+    except Exception as err:  # never a traceback: one line and exit 1
+        typer.echo(f"error: unexpected {type(err).__name__} while inspecting {path}: {err}", err=True)
+        raise typer.Exit(exit_code(err)) from None
+    if json_:
+        typer.echo(info.model_dump_json(indent=2))
+        return
+    console = _console()
+    for renderable in render(info):
+        console.print(renderable)
 
 
 # ---- the admin commands: a running app over HTTP (logic in admin_client.py and report.py) ----

@@ -130,7 +130,7 @@ def _state_dict_info(
     path: Path, table: Table, metadata: dict[str, str], fmt: str, read_scalars: Callable[[list[str]], dict[str, float]], adapter_config: dict | None = None
 ) -> ModelFileInfo:
     shapes = {k: shape for k, (_, shape) in table.items()}
-    files = [path.name]
+    files: list[str] = []  # one file: the path itself
     alpha_keys = kohya_alpha_keys(shapes)
     lora = lora_info(shapes, metadata, read_scalars(alpha_keys) if alpha_keys else None, adapter_config)
     if lora is not None:
@@ -158,7 +158,7 @@ def _state_dict_info(
             components.append(Component(name=name, files=files, format=fmt, parameters=params, dtypes=dtypes, memory=memory))
         params, _, memory = _count(table, [k for k in table if sd.component_of(k) != "ema"])
         return ModelFileInfo(
-            path=str(path), kind="checkpoint", format=fmt, class_name="Stable Diffusion XL" if facts.architecture == "sdxl" else "Stable Diffusion",
+            path=str(path), kind="checkpoint", format=fmt,
             architecture=facts.architecture, base=facts.base, cross_attention_dim=facts.cross_attention_dim,
             unet_in_channels=facts.unet_in_channels, text_encoder_dims=facts.text_encoder_dims, capabilities=facts.capabilities,
             parameters=params, memory=memory, components=components, metadata=_short(metadata), notes=facts.notes,
@@ -198,7 +198,8 @@ def _onnx_file(path: Path) -> ModelFileInfo:
 
     pairs = []
     dtypes: dict[str, int] = defaultdict(int)
-    for init in graph.initializer:
+    constants = [a.t for n in graph.node if n.op_type == "Constant" for a in n.attribute if a.name == "value"]
+    for init in [*graph.initializer, *constants]:  # weights as initializers, or Constant nodes (e.g. paddle2onnx)
         name = _ONNX_DTYPES.get(onnx.TensorProto.DataType.Name(init.data_type))
         if name is not None:
             numel = math.prod(init.dims)
