@@ -191,7 +191,7 @@ async def run_batch(ctx: JobContext, storage: Storage) -> WorkResult:
 
     Returns:
         WorkResult: ``result`` ``{"manifest", "output", "total", "ok", "failed"}`` with
-        ``result_url`` the manifest (``application/x-ndjson``).
+        ``result_url`` the manifest (``application/x-ndjson``), ``variant`` every variant that served.
 
     Raises:
         Unprocessable, InvalidInput, NotFound: the batch as a whole is bad (params, a refused
@@ -201,6 +201,8 @@ async def run_batch(ctx: JobContext, storage: Storage) -> WorkResult:
     batch = parse_params(BatchParams, ctx.params)
     out = storage.locate(batch.output, write=True).url.rstrip("/") if batch.output else storage.result_url(ctx.job_id)
     state = dict(ctx.resume_state or {"next": 0, "parts": 0, "ok": 0, "failed": 0, "variants": []})
+    if "done" in state:  # the manifest was written and checkpointed; only the run's end was lost
+        return WorkResult(**state["done"])
     with ExitStack() as stack:
         zip_file = None
         if batch.zip is not None:
@@ -214,7 +216,7 @@ async def run_batch(ctx: JobContext, storage: Storage) -> WorkResult:
         run.done = state["next"]
         for start in range(state["next"], len(items), batch.chunk_size):
             if ctx.cancelled():
-                break
+                raise asyncio.CancelledError("the job was cancelled")
             chunk = items[start : start + batch.chunk_size]
             lines = await asyncio.gather(*(run.item(item, len(items)) for item in chunk))
             part = "".join(line for line, _ in lines)
@@ -229,17 +231,18 @@ async def run_batch(ctx: JobContext, storage: Storage) -> WorkResult:
             await ctx.checkpoint(state)
         manifest = await asyncio.to_thread(_join_parts, storage, out, state["parts"])
     summary = {"manifest": manifest, "output": out, "total": len(items), "ok": state["ok"], "failed": state["failed"]}
-    return WorkResult(summary, manifest, MEDIA_TYPE, variants_of(state["variants"]))
+    done = WorkResult(result=summary, result_url=manifest, media_type=MEDIA_TYPE, variant=variants_of(state["variants"]))
+    await ctx.checkpoint({**state, "done": done})  # before the parts go: a rerun from here needs none of them
+    await asyncio.to_thread(storage.delete, f"{out}/{PARTS}", True)
+    return done
 
 
 def _join_parts(storage: Storage, out: str, parts: int) -> str:
-    """Concatenate the manifest parts into ``OUT/manifest.jsonl``, remove them; its URL."""
+    """Concatenate the manifest parts into ``OUT/manifest.jsonl``; its URL."""
     text = io.BytesIO()
     for number in range(parts):
         text.write(storage.read_bytes(f"{out}/{PARTS}/{number:06d}.jsonl"))
-    url = storage.write_bytes(f"{out}/{MANIFEST}", text.getvalue())
-    storage.delete(f"{out}/{PARTS}", recursive=True)
-    return url
+    return storage.write_bytes(f"{out}/{MANIFEST}", text.getvalue())
 
 
 def iter_rows(storage: Storage, manifest_url: str) -> Iterator[dict]:

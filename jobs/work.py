@@ -3,7 +3,7 @@ which errors end an item and which end the run."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import TypedDict
 
 from pydantic import ValidationError
 
@@ -16,11 +16,10 @@ SUFFIXES = {
 }  # fmt: skip
 
 
-@dataclass(frozen=True)
-class WorkResult:
-    """The outcome of a finished job's work, for ``JobStore.succeed``.
+class WorkResult(TypedDict):
+    """The outcome of a finished job's work, for ``JobStore.succeed`` (a dict, as the worker takes it).
 
-    Attributes:
+    Keys:
         result: a JSON summary (counts, output URLs).
         result_url: the storage URL of the main output (a manifest, a video), or None.
         media_type: ``result_url``'s media type.
