@@ -1,0 +1,116 @@
+"""Captioned images for LoRA training: listing, Ray Data reading, and the order they are drawn in.
+
+A data folder holds images with their captions beside them: ``cat.png`` and ``cat.txt`` (UTF-8,
+the whole file is the caption), the layout kohya's trainers and diffusers' ``imagefolder`` accept.
+Ray Data reads and decodes the images and resizes them to the run's square
+(:func:`captioned_dataset`); every worker gets the whole (small) set and draws its batches in an
+order that is a pure function of the seed and the step (:func:`batch_indices`, the scheme of
+``torch.utils.data.DistributedSampler``), so a resumed run draws exactly the batches the
+uninterrupted run would have drawn.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from PIL import Image
+
+from pixelfleet.train.sr_data import list_images
+
+if TYPE_CHECKING:
+    import ray.data
+
+
+def list_captioned(folders: list[Path]) -> dict[str, str]:
+    """Every image below ``folders`` (sorted) -> its caption, read from ``<stem>.txt`` beside it.
+
+    Raises:
+        FileNotFoundError: a folder is missing, holds no image, or an image has no caption file
+            (the message names up to five of them).
+    """
+    captions: dict[str, str] = {}
+    missing: list[Path] = []
+    for path in list_images(folders):
+        text = path.with_suffix(".txt")
+        if text.is_file():
+            captions[str(path)] = text.read_text(encoding="utf-8").strip()
+        else:
+            missing.append(path)
+    if missing:
+        named = ", ".join(str(p) for p in missing[:5])
+        raise FileNotFoundError(f"{len(missing)} images have no caption file (<stem>.txt beside the image): {named}")
+    return captions
+
+
+def square_crop(image: np.ndarray, resolution: int, center: bool = True) -> np.ndarray:
+    """Resize ``(H, W, 3)`` uint8 RGB so its short side is ``resolution`` pixels (Pillow bilinear,
+    antialiased, as torchvision's ``Resize`` in diffusers' script), then cut a ``resolution``
+    square from the centre (or the top-left corner): ``(resolution, resolution, 3)`` uint8."""
+    height, width = image.shape[:2]
+    factor = resolution / min(height, width)
+    size = (max(resolution, round(width * factor)), max(resolution, round(height * factor)))
+    resized = np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BILINEAR))
+    top = (size[1] - resolution) // 2 if center else 0
+    left = (size[0] - resolution) // 2 if center else 0
+    return np.ascontiguousarray(resized[top : top + resolution, left : left + resolution])
+
+
+def captioned_dataset(captions: dict[str, str], resolution: int, center_crop: bool = True) -> "ray.data.Dataset":
+    """A Ray Data pipeline of training examples from :func:`list_captioned`'s mapping.
+
+    ``ray.data.read_images`` decodes the files (RGB); a map resizes and crops each to the run's
+    square (:func:`square_crop`) and attaches its caption. Rows: ``{"path": str, "caption": str,
+    "pixels": (R, R, 3) uint8}`` with R = ``resolution`` pixels.
+    """
+    import ray.data
+
+    def example(row: dict) -> dict:
+        path = row["path"]
+        caption = captions.get(path)
+        if caption is None:  # read_images gives the path as given, without a scheme
+            caption = next(text for name, text in captions.items() if path.endswith(name.lstrip("/")))
+        return {"path": path, "caption": caption, "pixels": square_crop(row["image"], resolution, center_crop)}
+
+    return ray.data.read_images(list(captions), mode="RGB", include_paths=True).map(example)
+
+
+def steps_per_epoch(examples: int, world_size: int, per_worker: int) -> int:
+    """Batches each worker draws per pass over ``examples`` images (a partial batch is dropped).
+
+    Raises:
+        ValueError: fewer images than one step needs.
+    """
+    per_rank = -(-examples // world_size)  # DistributedSampler pads the ranks to equal shares
+    if per_rank < per_worker:
+        raise ValueError(
+            f"{examples} images cannot fill one step of {per_worker} images on each of {world_size} workers: "
+            "add images or lower optim.batch_size"
+        )
+    return per_rank // per_worker
+
+
+def batch_indices(step: int, examples: int, rank: int, world_size: int, per_worker: int, seed: int) -> list[int]:
+    """The example indices rank ``rank`` trains on at optimizer step ``step`` (0-based).
+
+    Each epoch is a permutation of the examples drawn from ``seed + epoch``; as
+    ``DistributedSampler`` does, it is padded by repeating its head to a multiple of
+    ``world_size`` and dealt to the ranks round-robin. The result depends on nothing but the
+    arguments: the same step gives the same batch in a run that resumed.
+    """
+    per_epoch = steps_per_epoch(examples, world_size, per_worker)
+    epoch, index = divmod(step, per_epoch)
+    order = torch.randperm(examples, generator=torch.Generator().manual_seed(seed + epoch)).tolist()
+    per_rank = -(-examples // world_size)
+    order += order[: per_rank * world_size - examples]
+    mine = order[rank::world_size]
+    return mine[index * per_worker : (index + 1) * per_worker]
+
+
+def to_model_input(pixels: list[np.ndarray], flips: torch.Tensor) -> torch.Tensor:
+    """``(R, R, 3)`` uint8 images -> ``(N, 3, R, R)`` float32 in [-1, 1] (the VAE's range), each
+    flipped left-right where ``flips`` (``(N,)`` bool) says so."""
+    batch = torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
+    return torch.where(flips[:, None, None, None], batch.flip(-1), batch).contiguous()
