@@ -289,6 +289,26 @@ def inspect_command(
         console.print(renderable)
 
 
+@app.command()
+def upscale(
+    inputs: list[Path] = typer.Argument(..., help="image files and/or folders, or one video (.mp4, .mov, .mkv, .webm, .avi)"),
+    out: Path = typer.Option(..., "--out", help="output folder (images, with manifest.jsonl) or file (a video: .mp4, .mov, .mkv)"),
+    url: Optional[str] = typer.Option(None, "--url", envvar="PIXELFLEET_URL", help="a running app's URL (its /v1/jobs); default: run here, no app"),
+    scale: Optional[int] = typer.Option(None, help="scale factor; here: 2 or 4 (the shipped models), default 4"),
+    model: Optional[str] = typer.Option(None, help="a variant of the app to use (with --url)"),
+    format_: str = typer.Option("png", "--format", help="output image format: png, jpeg, webp, tiff, avif"),
+    weights: Optional[str] = typer.Option(None, help="a model folder or builtin:NAME to run here (without --url)"),
+    codec: Optional[str] = typer.Option(None, help="video encoder (FFmpeg name); default: the input's codec"),
+    chunk_frames: int = typer.Option(48, "--chunk-frames", min=1, help="video frames per checkpointed segment"),
+) -> None:
+    """Upscale images or a video with a progress bar: through a running app's job API (--url,
+    PIXELFLEET_API_KEY as the credential), or in this process without one."""
+    from pixelfleet.serve.upscale_cli import Options, main as upscale_main
+
+    options = Options(out=out, scale=scale, model=model, format=format_, weights=weights, codec=codec, chunk_frames=chunk_frames)
+    raise typer.Exit(upscale_main(list(inputs), options, url))
+
+
 # ---- the admin commands: a running app over HTTP (logic in admin_client.py and report.py) ----
 
 URL_OPTION = typer.Option("http://127.0.0.1:8000", "--url", envvar="PIXELFLEET_URL", help="the app's base URL")

@@ -127,3 +127,21 @@ def test_list_batch_with_a_missing_file_and_another_format(storage, tmp_path, up
     assert [r["status"] for r in rows] == ["ok", "failed"] and rows[1]["error"]["code"] == "not_found"
     assert rows[0]["output"] == f"file://{tmp_path}/out/mine/a.jpg" and Image.open(tmp_path / "out" / "mine" / "a.jpg").format == "JPEG"
     assert done["result"]["failed"] == 1 and done["media_type"] == "application/x-ndjson"
+
+
+def test_cli_upscale_here_without_an_app(tmp_path) -> None:
+    """``pixelfleet upscale DIR --out DIR`` without --url: the batch runs in this process."""
+    from typer.testing import CliRunner
+
+    from pixelfleet.serve.cli import app
+
+    (tmp_path / "photos" / "sub").mkdir(parents=True)
+    (tmp_path / "photos" / "a.png").write_bytes(png(7))
+    (tmp_path / "photos" / "sub" / "b.png").write_bytes(png(8, size=10))
+    result = CliRunner().invoke(app, ["upscale", str(tmp_path / "photos"), "--out", str(tmp_path / "out"), "--scale", "2", "--format", "webp"])
+    assert result.exit_code == 0, result.output
+    assert Image.open(tmp_path / "out" / "sub" / "b.webp").size == (20, 20) and Image.open(tmp_path / "out" / "a.webp").format == "WEBP"
+    rows = read_manifest((tmp_path / "out" / "manifest.jsonl").read_text())
+    assert [(r["status"], r["variant"]) for r in rows] == [("ok", "srresnet-x2")] * 2
+    missing = CliRunner().invoke(app, ["upscale", str(tmp_path / "nothing"), "--out", str(tmp_path / "out2")])
+    assert missing.exit_code == 2 and "no such file or folder" in missing.output
