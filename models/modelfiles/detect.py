@@ -18,6 +18,7 @@ from pixelfleet.models.modelfiles.safeload import (
     FORMAT_WORDS,
     TORCH_DTYPES,
     check_name_matches,
+    claimed_format,
     load_state_dict,
     read_safetensors_header,
     sniff_format,
@@ -68,11 +69,12 @@ def inspect(path: str | Path, allow_pickle: bool = False) -> ModelFileInfo:
         return _superres_folder(path.parent)  # the weights file of a pixelfleet model folder
     actual = sniff_format(path)
     check_name_matches(path, actual)
+    actual = claimed_format(path, actual)
     if actual == "safetensors":
         header = read_safetensors_header(path)
         table = {k: (e.dtype, e.shape) for k, e in header.tensors.items()}
         return _state_dict_info(path, table, header.metadata, "safetensors", lambda keys: _read_scalars(path, keys))
-    if actual == "onnx" or (actual == "unknown" and path.suffix.lower() == ".onnx"):
+    if actual == "onnx":
         return _onnx_file(path)
     if actual in ("pickle", "torch-zip"):
         if not allow_pickle:
@@ -263,7 +265,10 @@ def _superres_folder(folder: Path) -> ModelFileInfo:
     weights = folder / card.weights
     if not weights.is_file():
         raise CorruptModelFile(f"{folder.name}: model.json names {card.weights}, which is missing")
-    check_name_matches(weights, sniff_format(weights))
+    actual = sniff_format(weights)
+    check_name_matches(weights, actual)
+    if claimed_format(weights, actual) != "safetensors":
+        load_state_dict(weights)  # raises: a pickle is UnsafeModelFile, anything else unrecognized
     header = read_safetensors_header(weights)
     table = {k: (e.dtype, e.shape) for k, e in header.tensors.items()}
     params, dtypes, memory = _count(table)

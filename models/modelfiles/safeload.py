@@ -70,6 +70,9 @@ def sniff_format(path: Path) -> FileFormat:
         raise ModelFileNotFound(f"{path.name}: no such file") from None
     if size == 0:
         return "empty"
+    # first: a safetensors header length may begin with any bytes (640 = 80 02 .., like a pickle)
+    if len(head) >= 9 and int.from_bytes(head[:8], "little") <= size - 8 and head[8:9] == b"{":
+        return "safetensors"
     if head.startswith(b"PK\x03\x04"):
         return "torch-zip"
     if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
@@ -80,8 +83,6 @@ def sniff_format(path: Path) -> FileFormat:
         return "numpy"
     if head.startswith(b"\x89HDF\r\n\x1a\n"):
         return "hdf5"
-    if len(head) >= 9 and int.from_bytes(head[:8], "little") <= size - 8 and head[8:9] == b"{":
-        return "safetensors"
     # ModelProto: ir_version = 1 (tag 0x08, a small varint), then opset_import (8: 0x42),
     # producer_name (2: 0x12), producer_version (3: 0x1a), domain (4: 0x22), graph (7: 0x3a)...
     if len(head) >= 3 and head[0] == 0x08 and 1 <= head[1] <= 30 and head[2] in (0x12, 0x1A, 0x22, 0x28, 0x32, 0x3A, 0x42, 0x72):
@@ -138,14 +139,12 @@ def read_safetensors_header(path: Path) -> SafetensorsHeader:
     missing or left over). Raises ModelFileNotFound, CorruptModelFile (with what is wrong).
     """
     name = path.name
-    try:
-        size = path.stat().st_size
-        f = open(path, "rb")
-    except FileNotFoundError:
-        raise ModelFileNotFound(f"{name}: no such file") from None
-    with f:
-        if size < 8:
-            raise CorruptModelFile(f"{name}: {size} bytes, shorter than a safetensors header (8 bytes of length first)")
+    if not path.is_file():
+        raise ModelFileNotFound(f"{name}: no such file")
+    size = path.stat().st_size
+    if size < 8:
+        raise CorruptModelFile(f"{name}: {size} bytes, shorter than a safetensors header (8 bytes of length first)")
+    with open(path, "rb") as f:
         n = int.from_bytes(f.read(8), "little")
         if n > MAX_HEADER_BYTES or n > size - 8:
             raise CorruptModelFile(
@@ -202,11 +201,19 @@ def _mislabeled(path: Path, actual: FileFormat) -> CorruptModelFile:
 def check_name_matches(path: Path, actual: FileFormat) -> None:
     """Refuse a file whose name promises safetensors or ONNX but whose bytes are something else
     (e.g. a pickle renamed ``.safetensors``). Raises CorruptModelFile."""
-    suffix = path.suffix.lower()
-    if suffix == ".safetensors" and actual != "safetensors":
+    # bytes of no known format under a known name are left to that format's reader, which says
+    # precisely what is wrong (e.g. a header length beyond the file: truncated, or a bomb)
+    expected = {".safetensors": "safetensors", ".onnx": "onnx"}.get(path.suffix.lower())
+    if expected is not None and actual not in (expected, "unknown", "empty"):
         raise _mislabeled(path, actual)
-    if suffix == ".onnx" and actual not in ("onnx", "unknown"):  # the ONNX sniff is a heuristic: unknown is left to onnx.load
-        raise _mislabeled(path, actual)
+
+
+def claimed_format(path: Path, actual: FileFormat) -> FileFormat:
+    """The format to read ``path`` as: its bytes' (:func:`sniff_format`), else what its name says
+    when the bytes match no format (so that reader reports the damage)."""
+    if actual in ("unknown", "empty"):
+        return {".safetensors": "safetensors", ".onnx": "onnx"}.get(path.suffix.lower(), actual)
+    return actual
 
 
 def load_state_dict(path: str | Path, allow_pickle: bool = False, device: str = "cpu") -> dict:
@@ -225,13 +232,12 @@ def load_state_dict(path: str | Path, allow_pickle: bool = False, device: str = 
         CorruptModelFile: a truncated or malformed file, or a name that lies about the format.
         UnrecognizedModelFile: bytes of no weight format (e.g. ONNX, GGUF, text).
     """
-    import torch
-
     path = Path(path)
     if path.is_dir():
         raise UnrecognizedModelFile(f"{path.name} is a folder, not a weight file")
     actual = sniff_format(path)
     check_name_matches(path, actual)
+    actual = claimed_format(path, actual)
     if actual == "safetensors":
         header = read_safetensors_header(path)
         unreadable = sorted({e.dtype for e in header.tensors.values()} - set(TORCH_DTYPES.values()))
