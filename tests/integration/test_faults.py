@@ -5,8 +5,7 @@ replica instead of running on for nobody)."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -16,6 +15,7 @@ from tests.families.invert import KIND as INVERT_KIND
 from tests.integration.apps import beside_session
 from tests.integration.conftest import png_bytes
 from tests.integration.load import background_load
+from tests.integration.polling import until
 
 pytestmark = pytest.mark.integration
 
@@ -24,17 +24,6 @@ DELAY_S = 0.2  # each call of variant a: long enough that a stream always has ca
 SLOW_S = 30.0  # variant slow: a call that no test waits out
 IMAGE = png_bytes(synthetic_photo(8, 8))
 ONCE_KIND = "tests.families.invert:ONCE_SPEC"  # the same family, its operation not idempotent
-
-
-def until(check: Callable[[], object], timeout_s: float, what: str) -> object:
-    """Poll ``check`` every 0.1 s until it returns something true; that value, or fail."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.1)
-    pytest.fail(f"not within {timeout_s:g} s: {what}")
 
 
 def send_a(client: httpx.Client, i: int) -> httpx.Response:
@@ -77,6 +66,7 @@ def test_a_replica_killed_under_load_fails_no_request(base_url):
     """ray.kill one of two replicas while it holds requests: the ingress re-sends each of them
     once (``Operation.idempotent``), Serve routes them to the other replica, 0 fail."""
     import ray
+
     from pixelfleet.ray_private import ongoing_requests, replica_actor, running_replicas
 
     replicas = running_replicas(APP, "invert-a")
@@ -98,6 +88,7 @@ def test_a_call_that_is_not_idempotent_is_not_sent_again(base_url):
     """The control: the same kill with ``idempotent=False`` fails the calls the replica held
     (503 model_unavailable, JSON), at most as many as it held, and no others."""
     import ray
+
     from pixelfleet.ray_private import ongoing_requests, replica_actor, running_replicas
 
     replicas = running_replicas(APP, "once-a")
@@ -120,6 +111,7 @@ def test_the_serve_controller_killed_under_load_keeps_traffic_flowing(base_url):
     import ray
     from ray import serve
     from ray.serve.schema import ApplicationStatus
+
     from pixelfleet.ray_private import running_replicas, serve_controller
 
     controller = serve_controller()
@@ -148,15 +140,15 @@ def test_a_client_that_disconnects_cancels_its_work_in_the_replica(base_url):
     proxy cancels the ingress's request, the ingress cancels its call, and the replica's
     ``CancelledError`` ends the work (seen within 10 s of a 30 s call); the replica holds nothing."""
     from ray import serve
+
     from pixelfleet.ray_private import ongoing_requests, replica_actor, running_replicas
 
     slow = serve.get_deployment_handle("invert-slow", app_name=APP)
     [details] = running_replicas(APP, "invert-slow")
     replica = replica_actor(details.actor_name)
     before = slow.info.remote().result()
-    with httpx.Client(base_url=base_url, timeout=httpx.Timeout(30, read=1.5)) as client:
-        with pytest.raises(httpx.ReadTimeout):
-            client.post("/v1/invert", content=IMAGE, headers={"Content-Type": "image/png"}, params={"model": "slow"})
+    with httpx.Client(base_url=base_url, timeout=httpx.Timeout(30, read=1.5)) as client, pytest.raises(httpx.ReadTimeout):
+        client.post("/v1/invert", content=IMAGE, headers={"Content-Type": "image/png"}, params={"model": "slow"})
     until(lambda: slow.info.remote().result()["cancelled"] > before["cancelled"], 10, "the replica saw the cancellation")
     after = slow.info.remote().result()
     assert after["cancelled"] == before["cancelled"] + 1 and after["finished"] == before["finished"], after
