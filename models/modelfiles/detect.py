@@ -56,7 +56,7 @@ def inspect(path: str | Path, allow_pickle: bool = False) -> ModelFileInfo:
     text = str(path)
     path = resolve_model_folder(text) if text.startswith(BUILTIN_PREFIX) else Path(path)
     if not path.exists():
-        raise ModelFileNotFound(f"{text}: no such file or folder")
+        raise ModelFileNotFound(f"{path.name or text}: no such file or folder")  # the name only: no server paths in messages
     if path.is_dir():
         if (path / "model_index.json").is_file():
             return _diffusers_folder(path, allow_pickle)
