@@ -23,8 +23,10 @@ import json
 import re
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 
 from pixelfleet.models.modelfiles.info import LoraInfo, ModelFileInfo
+from pixelfleet.models.modelfiles.safeload import read_safetensors_header, sniff_format
 from pixelfleet.models.modelfiles.sd import release
 
 _PEFT = re.compile(r"^(?P<module>.+)\.lora_(?P<part>A|B)(?:\.[^.]+)?\.weight$")
@@ -211,7 +213,10 @@ def lora_mismatch(lora: ModelFileInfo, model: ModelFileInfo) -> str | None:
     """Why the LoRA ``lora`` does not fit ``model`` (a diffusers folder or SD checkpoint), or None
     when it fits as far as the shapes tell: the adapted cross-attention layers' input width must be
     the model's cross-attention width, each text encoder adapted must exist with the adapted width,
-    and an SDXL adapter needs an SDXL model (and the other way round)."""
+    an SDXL adapter needs an SDXL model (and the other way round), and for a diffusers folder with
+    an adapter in diffusers module names, each adapted layer must exist with the adapter's in/out
+    features (read from both files' safetensors headers). The message names no paths (it may
+    answer a request: 422)."""
     info = lora.lora
     if info is None:
         return f"{_name(lora)} is not a LoRA file"
@@ -232,6 +237,48 @@ def lora_mismatch(lora: ModelFileInfo, model: ModelFileInfo) -> str | None:
         return f"{what}: an {info.architecture.upper()} adapter on an {model.architecture.upper()} model"
     if info.cross_attention_dim is None and info.base not in (None, "custom") and model.base not in (None, "custom") and info.base != model.base:
         return what
+    return _layer_mismatch(lora, model)
+
+
+def _safetensors_shapes(files: list[Path]) -> dict[str, tuple[int, ...]]:
+    shapes: dict[str, tuple[int, ...]] = {}
+    for file in files:
+        shapes.update({k: e.shape for k, e in read_safetensors_header(file).tensors.items()})
+    return shapes
+
+
+def _layer_mismatch(lora: ModelFileInfo, model: ModelFileInfo) -> str | None:
+    """Layer by layer, for a diffusers folder and an adapter in diffusers module names (peft or
+    older diffusers style): every adapted module must exist in the model's component with
+    ``(out_features, in_features)`` equal to the adapter's ``(up.shape[0], down.shape[1])``.
+    Reads safetensors headers only; None where it cannot tell (other formats, kohya names)."""
+    if model.kind != "diffusers" or lora.lora is None or lora.lora.style == "kohya":
+        return None
+    path = Path(lora.path)
+    weights = path / "adapter_model.safetensors" if path.is_dir() else path
+    if not weights.is_file() or sniff_format(weights) != "safetensors":
+        return None
+    parsed = parse_lora_keys(_safetensors_shapes([weights]))
+    if parsed is None:
+        return None
+    by_name = {c.name: c for c in model.components}
+    model_shapes: dict[str, dict[str, tuple[int, ...]]] = {}
+    for layer in sorted(parsed[1], key=lambda item: (item.component, item.module)):
+        component = by_name.get(layer.component)
+        if component is None or component.format != "safetensors" or layer.down is None or layer.up is None:
+            continue
+        if layer.component not in model_shapes:
+            model_shapes[layer.component] = _safetensors_shapes([Path(model.path) / f for f in component.files])
+        shapes = model_shapes[layer.component]
+        # transformers 5 saves CLIPTextModel without the "text_model." level that adapters name
+        weight = shapes.get(f"{layer.module}.weight") or shapes.get(f"{layer.module.removeprefix('text_model.')}.weight")
+        if weight is None or len(weight) < 2:
+            return f"the adapter changes {layer.component} layer {layer.module}, which the model does not have"
+        if (weight[0], weight[1]) != (layer.up[0], layer.down[1]):
+            return (
+                f"the adapter's {layer.component} layer {layer.module} maps {layer.down[1]} -> {layer.up[0]} features, "
+                f"the model's maps {weight[1]} -> {weight[0]}"
+            )
     return None
 
 

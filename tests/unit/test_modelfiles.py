@@ -100,6 +100,22 @@ def test_tiny_lora_style_rank_targets_and_fit(tiny):
         assert "48" in lora_mismatch(other, model) and "32" in lora_mismatch(other, model)
 
 
+def test_tiny_lora_fit_is_checked_layer_by_layer_against_the_folder(tiny, tmp_path):
+    model = inspect(tiny["folder"])
+    state = load_file(str(tiny["lora"]))
+    key = "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q"
+    moved = {k.replace("down_blocks.1.", "down_blocks.0.") if k.startswith(key) else k: v for k, v in state.items()}
+    missing = inspect(save(tmp_path / "moved.safetensors", moved))  # down_blocks.0 has no attention
+    assert "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q" in lora_mismatch(missing, model)
+    wider = inspect(save(tmp_path / "wider.safetensors", {**state, f"{key}.lora_A.weight": torch.zeros(4, 48)}))
+    assert wider.cross_attention_dim == 32  # the summary agrees; the layer does not
+    assert "maps 48 -> 64 features, the model's maps 64 -> 64" in lora_mismatch(wider, model)
+    te = "text_encoder.text_model.encoder.layers.0.self_attn.q_proj"
+    with_te = inspect(save(tmp_path / "te.safetensors", {**state, f"{te}.lora_A.weight": torch.zeros(2, 32), f"{te}.lora_B.weight": torch.zeros(32, 2)}))
+    assert with_te.lora.touches_text_encoder and with_te.lora.ranks == [2, 4]
+    assert lora_base_matches(with_te, model)
+
+
 # ---- LoRA key styles, built here at real widths ---------------------------------------------------
 
 
