@@ -60,14 +60,15 @@ def sniff_format(path: Path) -> FileFormat:
     (``PK\\x03\\x04``, what ``torch.save`` writes); ``pickle``: pickle protocol 2-5 (legacy
     ``torch.save``); ``onnx``: a protobuf starting with ``ir_version`` (field 1, varint) then a
     known ModelProto field; also ``gguf``, ``numpy``, ``hdf5``, ``empty``, else ``unknown``.
-    Reads at most 16 bytes. Raises ModelFileNotFound.
+    Reads at most 16 bytes. Raises ModelFileNotFound, UnrecognizedModelFile (not a regular file).
     """
-    try:
-        size = path.stat().st_size
-        with open(path, "rb") as f:
-            head = f.read(16)
-    except FileNotFoundError:
-        raise ModelFileNotFound(f"{path.name}: no such file") from None
+    if not path.exists():
+        raise ModelFileNotFound(f"{path.name}: no such file")
+    if not path.is_file():  # a FIFO or a device would block or never end: refused unopened
+        raise UnrecognizedModelFile(f"{path.name}: not a regular file")
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(16)
     if size == 0:
         return "empty"
     # first: a safetensors header length may begin with any bytes (640 = 80 02 .., like a pickle)
@@ -136,11 +137,14 @@ def read_safetensors_header(path: Path) -> SafetensorsHeader:
     JSON, an object without duplicate keys; ``__metadata__`` maps str to str; each tensor has a
     known dtype, a shape of non-negative ints and ``data_offsets`` whose span equals shape x dtype
     size; the tensors cover the data buffer exactly (sorted by offset: no gap, no overlap, nothing
-    missing or left over). Raises ModelFileNotFound, CorruptModelFile (with what is wrong).
+    missing or left over). Raises ModelFileNotFound, UnrecognizedModelFile (not a regular file),
+    CorruptModelFile (with what is wrong).
     """
     name = path.name
-    if not path.is_file():
+    if not path.exists():
         raise ModelFileNotFound(f"{name}: no such file")
+    if not path.is_file():
+        raise UnrecognizedModelFile(f"{name}: not a regular file")
     size = path.stat().st_size
     if size < 8:
         raise CorruptModelFile(f"{name}: {size} bytes, shorter than a safetensors header (8 bytes of length first)")

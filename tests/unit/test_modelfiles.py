@@ -6,6 +6,7 @@ truncated, bombed and mislabeled files refused before any tensor data is read)."
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -354,6 +355,12 @@ def test_unrecognized_and_missing_paths(tmp_path):
             inspect(path)
     with pytest.raises(CorruptModelFile, match="0 bytes, shorter than a safetensors header"):
         inspect(empty)
+    fifo = tmp_path / "pipe.safetensors"
+    os.mkfifo(fifo)  # opening it would block until a writer came: refused unopened
+    with pytest.raises(UnrecognizedModelFile, match="not a regular file"):
+        inspect(fifo)
+    with pytest.raises(UnrecognizedModelFile, match="not a regular file"):
+        load_state_dict(fifo)
     with pytest.raises(ModelFileNotFound):
         inspect(tmp_path / "nope.safetensors")
     with pytest.raises(ModelFileNotFound):
