@@ -90,8 +90,11 @@ def detect_single_file(shapes: dict[str, tuple[int, ...]]) -> SDFacts | None:
             shape = shapes.get(prefix + suffix)
             if shape is not None and len(shape) == 2:
                 dims[name] = shape[1]
+    if sdxl and not any(k.startswith("conditioner.embedders.1.") for k in shapes) and "conditioner.embedders.0.model.token_embedding.weight" in shapes:
+        dims["text_encoder_2"] = dims.pop("text_encoder")  # the refiner: OpenCLIP bigG alone, diffusers' text_encoder_2
     caps, notes = capabilities(in_channels, any(k.startswith("first_stage_model.") for k in shapes))
     facts = SDFacts(architecture, release(architecture, cross), cross, in_channels, dims, caps, notes)
+    _refiner(facts)
     if facts.base == "sd2":
         facts.notes.append("SD 2.x: epsilon (512 px) or v-prediction (768 px) cannot be told from the weights")
     if any(k.startswith("model_ema.") for k in shapes):
@@ -112,4 +115,13 @@ def detect_diffusers(pipeline_class: str | None, unet_config: dict, text_encoder
     cross = cross if isinstance(cross, int) else None
     in_channels = unet_config.get("in_channels")
     caps, notes = capabilities(in_channels, has_vae)
-    return SDFacts(architecture, release(architecture, cross), cross, in_channels, dict(text_encoder_dims), caps, notes)
+    facts = SDFacts(architecture, release(architecture, cross), cross, in_channels, dict(text_encoder_dims), caps, notes)
+    _refiner(facts)
+    return facts
+
+
+def _refiner(facts: SDFacts) -> None:
+    """The SDXL refiner only refines images (diffusers' StableDiffusionXLImg2ImgPipeline)."""
+    if facts.base == "sdxl-refiner":
+        facts.capabilities = [c for c in facts.capabilities if c != "txt2img"]
+        facts.notes.append("the SDXL refiner: img2img (and inpaint) on an SDXL base's output, no txt2img")

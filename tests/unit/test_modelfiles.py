@@ -17,7 +17,7 @@ from pixelfleet.models.errors import CorruptModelFile, ModelFileNotFound, Unreco
 from pixelfleet.models.modelcard import BUILTIN_WEIGHTS
 from pixelfleet.models.modelfiles import inspect, load_state_dict, lora_base_matches, lora_mismatch, read_safetensors_header, sniff_format
 from pixelfleet.models.srnet import load_model
-from tests.modelfile_samples import U, kohya_lora, onnx_model, raw_safetensors, save, sd_checkpoint, synthetic_diffusers_folder
+from tests.modelfile_samples import U, kohya_lora, onnx_model, raw_safetensors, save, sd_checkpoint, synthetic_diffusers_folder, zeros
 
 
 @pytest.mark.parametrize(
@@ -47,6 +47,17 @@ def test_single_file_checkpoints_are_told_apart_by_keys_and_shapes(tmp_path, arc
     by_name = {c.name: c.parameters for c in info.components}
     assert by_name["ema"] == 1 and by_name["unet"] == sum(v.numel() for k, v in state.items() if k.startswith(U))
     assert any("EMA" in note for note in info.notes)
+
+
+def test_sdxl_refiner_single_file(tmp_path):
+    state = sd_checkpoint("sdxl")
+    state[f"{U}input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"] = zeros(32, 1280)
+    state[f"{U}input_blocks.1.1.transformer_blocks.0.attn2.to_v.weight"] = zeros(32, 1280)
+    del state["conditioner.embedders.1.model.token_embedding.weight"], state["conditioner.embedders.0.transformer.text_model.embeddings.token_embedding.weight"]
+    state["conditioner.embedders.0.model.token_embedding.weight"] = zeros(6, 1280)
+    info = inspect(save(tmp_path / "refiner.safetensors", state))
+    assert (info.base, info.architecture, info.cross_attention_dim) == ("sdxl-refiner", "sdxl", 1280)
+    assert info.text_encoder_dims == {"text_encoder_2": 1280} and "txt2img" not in info.capabilities
 
 
 # ---- the tiny pipeline of tests/tinysd.py -------------------------------------------------------
