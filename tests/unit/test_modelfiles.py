@@ -112,6 +112,29 @@ def test_tiny_lora_style_rank_targets_and_fit(tiny):
         assert "48" in lora_mismatch(other, model) and "32" in lora_mismatch(other, model)
 
 
+def to_kohya(state: dict[str, torch.Tensor], alpha: float) -> dict[str, torch.Tensor]:
+    """A peft-style ``unet.<module>.lora_A/B.weight`` state dict in kohya's key style."""
+    out = {}
+    for key, value in state.items():
+        module, part = key.removeprefix("unet.").rsplit(".lora_", 1)
+        name = "lora_unet_" + module.replace(".", "_")
+        out[f"{name}.{'lora_down' if part.startswith('A') else 'lora_up'}.weight"] = value
+        out[f"{name}.alpha"] = torch.tensor(alpha)
+    return out
+
+
+def test_tiny_lora_in_kohya_style_reads_the_same(tiny, tmp_path):
+    peft = inspect(tiny["lora"])
+    kohya = inspect(save(tmp_path / "kohya.safetensors", to_kohya(load_file(str(tiny["lora"])), alpha=2.0)))
+    assert kohya.lora.style == "kohya" and kohya.lora.alpha == 2.0 and peft.lora.alpha is None
+    for field in ("rank", "ranks", "layers", "target_modules", "components", "cross_attention_dim", "base", "architecture"):
+        assert getattr(kohya.lora, field) == getattr(peft.lora, field), field
+    assert kohya.parameters == peft.parameters + kohya.lora.layers  # one scalar alpha per layer
+    assert lora_base_matches(kohya, inspect(tiny["folder"])) and lora_base_matches(kohya, inspect(tiny["single"]))
+    other = inspect(save(tmp_path / "other.safetensors", to_kohya(load_file(str(tiny["other"])), alpha=2.0)))
+    assert other.cross_attention_dim == 48 and not lora_base_matches(other, inspect(tiny["folder"]))
+
+
 def test_tiny_lora_fit_is_checked_layer_by_layer_against_the_folder(tiny, tmp_path):
     model = inspect(tiny["folder"])
     state = load_file(str(tiny["lora"]))
