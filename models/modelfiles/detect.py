@@ -331,6 +331,7 @@ def _diffusers_folder(folder: Path, allow_pickle: bool) -> ModelFileInfo:
     components: list[Component] = []
     notes: list[str] = []
     configs: dict[str, dict] = {}
+    tables: dict[str, Table] = {}
     total_params, total_memory, unread = 0, Memory(stored_bytes=0, fp16_bytes=0, fp32_bytes=0), False
     for name, spec in sorted(index.items()):
         if name.startswith("_") or not (isinstance(spec, list) and len(spec) == 2) or spec[0] is None or spec[1] is None:
@@ -353,11 +354,13 @@ def _diffusers_folder(folder: Path, allow_pickle: bool) -> ModelFileInfo:
                 check_name_matches(file, sniff_format(file))
                 table.update({k: (e.dtype, e.shape) for k, e in read_safetensors_header(file).tensors.items()})
             component.parameters, component.dtypes, component.memory = _count(table)
+            tables[name] = table
         elif fmt == "pickle" and allow_pickle:
             table = {}
             for file in files:
                 table.update({k: (_st_dtype(v), tuple(v.shape)) for k, v in load_state_dict(file, allow_pickle=True).items()})
             component.parameters, component.dtypes, component.memory = _count(table)
+            tables[name] = table
         elif fmt == "pickle":
             unread = True
             notes.append(f"{name}: {_PICKLE_NOTE}")
@@ -374,9 +377,18 @@ def _diffusers_folder(folder: Path, allow_pickle: bool) -> ModelFileInfo:
         return info
     text_dims = {n: configs[n]["hidden_size"] for n in ("text_encoder", "text_encoder_2") if isinstance(configs.get(n, {}).get("hidden_size"), int)}
     has_vae = any(c.name == "vae" and c.files for c in components)
-    facts = sd.detect_diffusers(pipeline_class, configs["unet"], text_dims, has_vae)
+    unet_config = dict(configs["unet"])
+    shapes = {k: shape for k, (_, shape) in tables.get("unet", {}).items()}
+    if not isinstance(unet_config.get("cross_attention_dim"), int):  # absent, or one per block: the weights tell
+        cross = next((shapes[k][1] for k in sorted(shapes) if k.endswith("attn2.to_k.weight") and len(shapes[k]) == 2), None)
+        if cross is not None:
+            unet_config["cross_attention_dim"] = cross
+            info.notes.append("cross-attention width read from the UNet's to_k weights (not a single value in unet/config.json)")
+    if unet_config.get("in_channels") is None and len(shapes.get("conv_in.weight", ())) == 4:
+        unet_config["in_channels"] = shapes["conv_in.weight"][1]
+    facts = sd.detect_diffusers(pipeline_class, unet_config, text_dims, has_vae)
     if facts.cross_attention_dim is None:
-        info.notes.append("unet/config.json gives no single cross_attention_dim")
+        info.notes.append("the cross-attention width is neither in unet/config.json nor in readable UNet weights")
     return info.model_copy(
         update={
             "architecture": facts.architecture, "base": facts.base, "cross_attention_dim": facts.cross_attention_dim,

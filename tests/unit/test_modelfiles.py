@@ -417,3 +417,20 @@ def test_diffusers_folder_variants_pickles_and_configs(tmp_path):
     allowed = inspect(root, allow_pickle=True)
     assert allowed.parameters == sum(v.numel() for v in [*unet.values(), *te.values()])
     assert allowed.text_encoder_dims == {"text_encoder": 1024}
+
+
+def test_diffusers_folder_shards_and_widths_from_the_weights(tmp_path):
+    root = tmp_path / "pipe"
+    unet, _ = synthetic_diffusers_folder(root)
+    (root / "unet" / "diffusion_pytorch_model.safetensors").unlink()
+    (root / "unet" / "config.json").write_text(json.dumps({"sample_size": 96}))  # widths left to the weights
+    keys = sorted(unet)
+    for i, key in enumerate(keys):  # sharded: one tensor per shard, plus diffusers' index
+        save(root / "unet" / f"diffusion_pytorch_model-{i + 1:05d}-of-{len(keys):05d}.safetensors", {key: unet[key]})
+    (root / "unet" / "diffusion_pytorch_model.safetensors.index.json").write_text(json.dumps({"weight_map": {}}))
+    info = inspect(root)
+    comp = next(c for c in info.components if c.name == "unet")
+    assert len(comp.files) == len(keys) and comp.variants == ["fp16"]
+    assert comp.parameters == sum(v.numel() for v in unet.values())
+    assert (info.cross_attention_dim, info.unet_in_channels, info.base) == (1024, 9, "sd2")
+    assert any("to_k weights" in note for note in info.notes)
