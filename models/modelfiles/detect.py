@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections import defaultdict
 from collections.abc import Callable
@@ -84,7 +85,7 @@ def inspect(path: str | Path, allow_pickle: bool = False) -> ModelFileInfo:
             )
         tensors = load_state_dict(path, allow_pickle=True)
         table = {k: (_st_dtype(v), tuple(v.shape)) for k, v in tensors.items()}
-        return _state_dict_info(path, table, {}, "pickle", lambda keys: {k: float(tensors[k].float().reshape(-1)[0]) for k in keys})
+        return _state_dict_info(path, table, {}, "pickle", lambda keys: {k: v for key in keys for k, v in _scalar(key, tensors[key]).items()})
     raise UnrecognizedModelFile(f"{path.name} is {FORMAT_WORDS[actual]}: not a model file pixelfleet reads")
 
 
@@ -100,20 +101,24 @@ def _st_dtype(tensor) -> str:
 
 def _read_scalars(path: Path, keys: list[str]) -> dict[str, float]:
     """Values of one-element tensors (kohya ``.alpha``) of a checked safetensors file."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     values = {}
     with safe_open(str(path), framework="pt") as f:
         for key in keys:
-            tensor = f.get_tensor(key)
-            if tensor.numel() == 1:
-                values[key] = float(tensor.float().reshape(-1)[0])
+            try:
+                values.update(_scalar(key, f.get_tensor(key)))
+            except (SafetensorError, TypeError, ValueError):  # a dtype torch cannot hold: no alpha then
+                continue
     return values
 
 
-def _count(table: Table, keys=None) -> tuple[int, dict[str, int], Memory]:
-    import math
+def _scalar(key: str, tensor) -> dict[str, float]:
+    """``{key: value}`` of a one-element real tensor, else ``{}``."""
+    return {key: float(tensor.float().reshape(-1)[0])} if tensor.numel() == 1 and not tensor.is_complex() else {}
 
+
+def _count(table: Table, keys=None) -> tuple[int, dict[str, int], Memory]:
     dtypes: dict[str, int] = defaultdict(int)
     pairs = []
     for key in table if keys is None else keys:
@@ -178,8 +183,6 @@ def _state_dict_info(
 
 
 def _onnx_file(path: Path) -> ModelFileInfo:
-    import math
-
     import onnx
     from google.protobuf.message import DecodeError
 
