@@ -22,8 +22,11 @@ $(STAMP): pyproject.toml constraints.txt
 up: $(STAMP)
 	$(VENV)/bin/pixelfleet up $(ARGS)
 
+# tests/cluster starts a multi-node Ray of its own, so it runs in a second pytest process (only
+# when ARGS is empty; `make test ARGS=tests/cluster` runs it alone)
 test: $(STAMP)
 	$(PY) -m pytest $(ARGS)
+	$(if $(ARGS),,$(PY) -m pytest tests/cluster)
 
 clean:
 	rm -rf $(VENV) .pytest_cache
