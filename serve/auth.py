@@ -312,8 +312,12 @@ class Authenticator:
         an API key) or ``X-API-Key: <key>``.
 
         Raises:
-            Unauthorized: no credential, another scheme than Bearer, an unknown key, an invalid token.
+            Unauthorized: no credential, another scheme than Bearer, an unknown key, an invalid
+                token, the Authorization or X-API-Key header repeated.
         """
+        for name in ("authorization", API_KEY_HEADER.lower()):  # a singleton field (RFC 9110 5.3): never guess which one counts
+            if len(getattr(headers, "getlist", lambda _: [])(name)) > 1:
+                raise Unauthorized(f"more than one {name.title()} header")
         authorization = headers.get("authorization")
         if authorization:
             scheme, _, credential = authorization.strip().partition(" ")

@@ -109,6 +109,16 @@ class RateLimitConfig(Strict):
         return self
 
 
+class AdmissionConfig(Strict):
+    """How many HTTP requests one ingress replica takes at once (``serve/admission.py``); the next
+    ones answer 503 ``overloaded`` (JSON) with ``Retry-After``. The Serve config's ``Ingress``
+    ``max_ongoing_requests`` must be at least twice ``max_in_flight`` (the default 32 fits the
+    ``Ingress`` default of 64), so Ray's proxy never refuses first (in plain text)."""
+
+    max_in_flight: int = Field(32, ge=1, le=100_000, description="requests in flight per ingress replica; health and metrics routes not counted")
+    retry_after_s: int = Field(1, ge=0, le=3600, description="seconds in the Retry-After header of a refusal")
+
+
 class AppConfig(Strict):
     """``args`` of the pixelfleet application."""
 
@@ -118,6 +128,7 @@ class AppConfig(Strict):
     tracing: TracingConfig = TracingConfig()
     auth: AuthConfig = AuthConfig()
     rate_limits: RateLimitConfig | None = Field(None, description="per-caller rate limits (serve/ratelimit.py); none by default")
+    admission: AdmissionConfig = AdmissionConfig()
 
     @field_validator("families", mode="before")
     @classmethod

@@ -21,6 +21,7 @@ import pixelfleet
 from pixelfleet.deployments.telemetry import request_id as serve_request_id
 from pixelfleet.deployments.spec import Operation
 from pixelfleet.models.images import OUTPUT_MEDIA_TYPES
+from pixelfleet.serve.admission import install_admission
 from pixelfleet.serve.auth import Authenticator, install_auth
 from pixelfleet.serve.errors import REQUEST_ID_HEADER, install_error_handlers
 from pixelfleet.serve.ratelimit import LimiterClient, install_rate_limits
@@ -178,6 +179,8 @@ def build_api(ingress: "Ingress") -> FastAPI:
     authenticator = Authenticator.from_config(ingress.config.auth)  # None when auth is off
     if authenticator is not None:  # added first, so it runs inside the request-id middleware
         install_auth(api, authenticator)
+    admission = ingress.config.admission  # outside auth and rate limits, inside the request id
+    install_admission(api, admission.max_in_flight, admission.retry_after_s, ingress.config.limits.max_body_bytes)
 
     @api.middleware("http")
     async def request_id(request: Request, call_next):
