@@ -23,6 +23,8 @@ from pixelfleet.train.sr_data import list_images
 if TYPE_CHECKING:
     import ray.data
 
+DATA_TASK_CPUS = 0.25  # CPUs of each Ray Data read/resize task (train/srgan/run.py keeps DATA_CPUS = 0.5 for them)
+
 
 def list_captioned(folders: list[Path]) -> dict[str, str]:
     """Every image below ``folders`` (sorted) -> its caption, read from ``<stem>.txt`` beside it.
@@ -59,22 +61,23 @@ def square_crop(image: np.ndarray, resolution: int, center: bool = True) -> np.n
 
 
 def captioned_dataset(captions: dict[str, str], resolution: int, center_crop: bool = True) -> "ray.data.Dataset":
-    """A Ray Data pipeline of training examples from :func:`list_captioned`'s mapping.
+    """A Ray Data pipeline of training examples from :func:`list_captioned`'s mapping (of absolute paths).
 
     ``ray.data.read_images`` decodes the files (RGB); a map resizes and crops each to the run's
-    square (:func:`square_crop`) and attaches its caption. Rows: ``{"path": str, "caption": str,
+    square (:func:`square_crop`) and attaches its caption; both run as one task of
+    :data:`DATA_TASK_CPUS` per block. The dataset is not split among the workers: each reads it
+    all once, at its start. Rows: ``{"path": str, "caption": str,
     "pixels": (R, R, 3) uint8}`` with R = ``resolution`` pixels.
     """
     import ray.data
 
     def example(row: dict) -> dict:
-        path = row["path"]
-        caption = captions.get(path)
-        if caption is None:  # read_images gives the path as given, without a scheme
-            caption = next(text for name, text in captions.items() if path.endswith(name.lstrip("/")))
-        return {"path": path, "caption": caption, "pixels": square_crop(row["image"], resolution, center_crop)}
+        path = row["path"]  # as given: the keys must be absolute local paths
+        return {"path": path, "caption": captions[path], "pixels": square_crop(row["image"], resolution, center_crop)}
 
-    return ray.data.read_images(list(captions), mode="RGB", include_paths=True).map(example)
+    # a quarter CPU each: the read runs beside the workers, within the CPUs the run keeps for Ray Data
+    images = ray.data.read_images(list(captions), mode="RGB", include_paths=True, ray_remote_args={"num_cpus": DATA_TASK_CPUS})
+    return images.map(example, num_cpus=DATA_TASK_CPUS)
 
 
 def steps_per_epoch(examples: int, world_size: int, per_worker: int) -> int:

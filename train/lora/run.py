@@ -91,8 +91,9 @@ def run(cfg: LoraTrainConfig, command: str, resume: bool = False, address: str |
         ray.train.TrainingFailedError: a worker failed.
     """
     check_run_dir(cfg, resume)
-    index = read_model_index(cfg.base_model)
-    captions = list_captioned(cfg.data.train)
+    worker_cfg = cfg.resolved()
+    index = read_model_index(worker_cfg.base_model)
+    captions = list_captioned(worker_cfg.data.train)
     steps_per_epoch(len(captions), cfg.scaling.num_workers, cfg.optim.batch_size // cfg.scaling.num_workers)
     cluster = connect(address, address_source)
     if cluster.joined:
@@ -105,10 +106,9 @@ def run(cfg: LoraTrainConfig, command: str, resume: bool = False, address: str |
         f"Ray Data {DATA_CPUS:g} CPU; {len(captions)} captioned images"
     )
     started = time.monotonic()
-    worker_cfg = cfg.resolved()
     worker_cfg.run_dir.mkdir(parents=True, exist_ok=True)
     (worker_cfg.run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
-    dataset = captioned_dataset(captions, cfg.data.resolution, cfg.data.center_crop).materialize()
+    dataset = captioned_dataset(captions, cfg.data.resolution, cfg.data.center_crop)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=worker_cfg.model_dump(mode="json"),
@@ -121,7 +121,7 @@ def run(cfg: LoraTrainConfig, command: str, resume: bool = False, address: str |
     last = result.metrics
     with result.checkpoint.as_directory() as folder:
         adapter = publish_adapter(Path(folder) / f"{cfg.name}.safetensors", worker_cfg.output, cfg.name)
-    unet_config = json.loads((cfg.base_model / "unet" / "config.json").read_text())
+    unet_config = json.loads((worker_cfg.base_model / "unet" / "config.json").read_text())
     card = LoraCard(
         name=cfg.name,
         weights=adapter.name,

@@ -1,0 +1,159 @@
+"""`pixelfleet train lora` end to end: a real (tiny) Ray Train run in a subprocess that joins the
+test session's cluster by itself, trains an adapter for the tiny pipeline of tests/tinysd.py on
+captioned images made here, and writes it where the session app's diffusion variant finds its
+adapters; then the running app serves it by id without a restart. A run that does not fit beside
+the replicas is refused."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import ray
+import torch
+from PIL import Image
+from safetensors import safe_open
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from typer.testing import CliRunner
+
+from tests.conftest import REPO, synthetic_photo
+from tests.integration.conftest import SESSION_CPUS, joining_env
+
+pytestmark = pytest.mark.integration
+EXAMPLE_CONFIG = "train/configs/lora.yaml"
+ADAPTER = "blob-style"
+PROMPT = "a photo of blob number 1"
+
+
+def write_captioned(folder: Path, count: int) -> Path:
+    folder.mkdir(parents=True)
+    for i in range(count):
+        Image.fromarray(synthetic_photo(24, 32, seed=i)).save(folder / f"{i}.png")
+        (folder / f"{i}.txt").write_text(f"a photo of blob number {i}")
+    return folder
+
+
+def session_adapters_folder(tmp_path_factory) -> Path:
+    """The adapters folder of the session app's diffusion variant, where the family is served;
+    else a folder of this test's own (the adapter is then checked in-process)."""
+    from tests.integration import conftest
+
+    folder = getattr(conftest, "DIFFUSION_ADAPTERS", None)
+    if folder is not None:
+        return Path(folder(tmp_path_factory) if callable(folder) else folder)
+    return tmp_path_factory.mktemp("lora-adapters")
+
+
+def overrides(tiny_folder: Path, data: Path, output: Path, storage: Path) -> list[str]:
+    """The --set overrides that turn train/configs/lora.yaml (a real SD 1.5 run) into the tiny test run."""
+    pairs = {
+        "name": ADAPTER, "base_model": tiny_folder, "output": output, "data.train": f"[{data}]", "data.resolution": 16,
+        "optim.steps": 4, "optim.batch_size": 2, "optim.learning_rate": 1e-2, "optim.lr_scheduler": "constant",
+        "optim.snr_gamma": "null", "validation.prompts": f"[{PROMPT}]", "validation.seeds": "[0]", "validation.every": 2,
+        "validation.num_inference_steps": 2, "checkpoint_every": 2, "precision": "fp32", "storage_path": storage,
+    }  # fmt: skip
+    return [arg for key, value in pairs.items() for arg in ("--set", f"{key}={value}")]
+
+
+@pytest.fixture(scope="module")
+def trained_lora(app_url: str, tiny_sd, tmp_path_factory) -> dict:
+    """`pixelfleet train lora train/configs/lora.yaml --set ...` in a subprocess that finds and
+    joins the session's cluster (no RAY_ADDRESS; the announcement file): 4 steps on 4 captioned
+    16x16 images. Returns the adapter and card paths, the run folder and the command's log."""
+    work = tmp_path_factory.mktemp("lora-train")
+    data = write_captioned(work / "data", 4)
+    output = session_adapters_folder(tmp_path_factory)
+    command = [sys.executable, "-m", "pixelfleet.serve.cli", "train", "lora", EXAMPLE_CONFIG,
+               *overrides(tiny_sd["folder"], data, output, work / "runs")]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=joining_env(tmp_path_factory), cwd=REPO)
+    log = done.stdout + done.stderr
+    (work / "train.log").write_text(log)
+    assert done.returncode == 0, log[-4000:]
+    return {"adapter": output / f"{ADAPTER}.safetensors", "card": output / f"{ADAPTER}.json", "run": work / "runs" / ADAPTER, "log": log}
+
+
+def test_training_joins_the_serving_cluster_and_writes_an_adapter_with_its_card(trained_lora, tiny_sd):
+    session = ray.get_runtime_context().gcs_address
+    log = trained_lora["log"]
+    assert f"joined the Ray cluster at {session} (announced in " in log
+    assert "Started a local Ray instance" not in log
+    assert f"of {SESSION_CPUS:g} CPUs free at {session}: workers 1 x 1 CPU" in log and "4 captioned images" in log
+
+    card = json.loads(trained_lora["card"].read_text())
+    assert card["name"] == ADAPTER and card["weights"] == f"{ADAPTER}.safetensors" and card["steps"] == 4
+    assert card["base_model"] == str(tiny_sd["folder"]) and card["base_pipeline"] == "StableDiffusionPipeline"
+    assert card["rank"] == 4 and card["cross_attention_dim"] == 32 and card["images"] == 4
+    assert card["command"].startswith(f"pixelfleet train lora {EXAMPLE_CONFIG} --set name={ADAPTER} ")
+    from pixelfleet.train.lora.card import sha256_file
+
+    assert card["sha256"] == sha256_file(trained_lora["adapter"])
+    with safe_open(str(trained_lora["adapter"]), "pt") as f:
+        assert all(key.startswith("unet.") and ".lora." in key for key in f.keys())
+
+    run = trained_lora["run"]
+    assert sorted(p.name for p in (run / "validation").iterdir()) == ["step-000002", "step-000004"]
+    assert Image.open(run / "validation" / "step-000004" / "prompt0-seed0.png").size == (16, 16)
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    assert sorted(e.step for e in events.Scalars("train/loss")) == [1, 2, 3, 4]
+    # the last checkpoint holds the full state at step 4
+    snapshot = json.loads((run / "checkpoint_manager_snapshot.json").read_text())
+    latest = max(snapshot["checkpoint_results"], key=lambda r: r["metrics"]["step"])
+    state = torch.load(run / latest["checkpoint_dir_name"] / "train_state.pt", weights_only=False)
+    assert state["step"] == 4 and state["lr_scheduler"]["last_epoch"] == 4 and len(state["rng"]) == 1
+
+
+def served_image(client, loras: list[dict]) -> np.ndarray:
+    """The session app's diffusion output for a fixed prompt and seed, ``(H, W, 3)`` float32 in [0, 255]."""
+    body = {"prompt": PROMPT, "steps": 4, "guidance_scale": 7.5, "width": 16, "height": 16, "seed": 0, "loras": loras}
+    response = client.post("/v1/diffusion/txt2img", json=body)
+    assert response.status_code == 200, response.text
+    payload = response.json()
+    image = payload["images"][0] if "images" in payload else payload["image"]
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(image))).convert("RGB"), dtype=np.float32)
+
+
+def test_the_running_app_serves_the_trained_adapter_by_id_and_it_changes_the_output(trained_lora, client):
+    from tests.integration import conftest
+
+    if getattr(conftest, "DIFFUSION_ADAPTERS", None) is None:
+        pytest.skip("the session app serves no diffusion variant (tests/integration/conftest.py DIFFUSION_ADAPTERS)")
+    base = served_image(client, [])
+    adapted = served_image(client, [{"id": ADAPTER, "scale": 1}])
+    assert np.abs(adapted - base).mean() > 2.0  # on average over 2 of 255 levels
+    again = served_image(client, [{"id": ADAPTER, "scale": 1}])
+    np.testing.assert_array_equal(again, adapted)  # the same seed and adapter give the same image
+
+
+def test_the_trained_adapter_changes_the_tiny_pipeline_s_output_in_diffusers(trained_lora):
+    from tests.tinysd import SIZE, build_pipeline
+
+    def generate(pipe) -> np.ndarray:
+        out = pipe(PROMPT, num_inference_steps=4, guidance_scale=7.5, height=SIZE, width=SIZE,
+                   generator=torch.Generator().manual_seed(0), output_type="np")  # fmt: skip
+        return out.images[0]
+
+    pipe = build_pipeline(0)
+    base = generate(pipe)
+    pipe.load_lora_weights(str(trained_lora["adapter"]), adapter_name=ADAPTER)
+    assert np.abs(generate(pipe) - base).mean() > 2 / 255
+
+
+def test_a_run_that_does_not_fit_beside_the_replicas_is_refused(app_url: str, tiny_sd, tmp_path: Path):
+    from pixelfleet.serve.cli import app
+
+    data = write_captioned(tmp_path / "data", 2)
+    free = ray.available_resources().get("CPU", 0.0)
+    args = ["train", "lora", EXAMPLE_CONFIG, *overrides(tiny_sd["folder"], data, tmp_path / "out", tmp_path / "runs"),
+            "--set", f"scaling.cpus_per_worker={SESSION_CPUS + 1}"]  # fmt: skip
+    # in this process, already a driver of the session's cluster: the command takes that cluster
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert f"has {free:g} CPUs free of {SESSION_CPUS:g}" in result.output and "scaling.cpus_per_worker" in result.output
+    assert not (tmp_path / "runs" / ADAPTER).exists() and not (tmp_path / "out").exists()
