@@ -86,6 +86,14 @@ class TrainingJob(Pod):
     set: dict[str, Any] = Field(default_factory=dict, description="--set overrides of the run config")
 
 
+class SecretEnv(_Strict):
+    """An environment variable of every Ray container, from a Secret (optional: pods start without it)."""
+
+    name: str
+    secret: str
+    key: str
+
+
 class Values(_Strict):
     image: str
     image_pull_policy: str = "IfNotPresent"
@@ -95,6 +103,7 @@ class Values(_Strict):
     serve_workers: ServeWorkers
     autoscaler: dict[str, int]
     training: list[TrainingJob]
+    secret_env: list[SecretEnv] = Field(default_factory=list, description="e.g. PIXELFLEET_API_KEYS for the ingress's auth")
 
 
 def ray_version() -> str:
@@ -140,7 +149,8 @@ def _container(values: Values, name: str, pod: Pod, ports: list[dict], *, gpus: 
         "name": name,
         "image": image(values),
         "imagePullPolicy": values.image_pull_policy,
-        "env": [{"name": "HF_HUB_OFFLINE", "value": "1"}],  # no model is fetched from a hub at run time
+        "env": [{"name": "HF_HUB_OFFLINE", "value": "1"}]  # no model is fetched from a hub at run time
+        + [{"name": e.name, "valueFrom": {"secretKeyRef": {"name": e.secret, "key": e.key, "optional": True}}} for e in values.secret_env],
         "ports": ports,
         "resources": _resources(pod, gpus),
         "readinessProbe": readiness,
