@@ -49,12 +49,13 @@ class JobContext(Protocol):
     attempt: int
     resume_state: dict | None
 
-    async def infer(self, family: str, operation: str, data: bytes, params: dict, model: str | None = None) -> InferResult:
+    async def infer(self, family: str, operation: str, data: bytes | dict[str, bytes], params: dict, model: str | None = None) -> InferResult:
         """Run one operation through the app's ingress (validation, A/B split and shadows apply,
         the job's owner is the caller for sticky routing).
 
         Args:
-            data: the encoded input image (bytes).
+            data: the encoded input image (bytes); for an operation whose body is JSON with
+                named images (``Operation.body == "json"``), ``{name: bytes}`` (``{}``: none).
             params: the operation's options (validated against the family's spec).
             model: a variant to force, else the traffic weights choose.
 

@@ -9,6 +9,8 @@ and resources::
     Ingress --> superres-srresnet-x4, superres-srresnet-x2, ...   (one per variant)
             --> ocr-tesseract, ocr-rapidocr, ...
             --> RateLimiter   (only with rate_limits enabled; serve/ratelimit.py)
+            --> JobWorker     (only with jobs enabled; jobs/worker.py: claims jobs from the store
+                               and runs them through the ingress's run_operation)
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import os
 from ray.serve import Application
 
 from pixelfleet.deployments.spec import Limits, load_spec
+from pixelfleet.jobs.worker import JobWorker
 from pixelfleet.serve.config import AppConfig
 from pixelfleet.serve.ingress import Ingress
 from pixelfleet.serve.ratelimit import RateLimiter
@@ -32,10 +35,12 @@ def build_app(args: dict) -> Application:
         family: {name: config.spec(family).bind_variant(family, name, variant, config.limits) for name, variant in block.variants.items()}
         for family, block in config.families.items()
     }
+    extra = {}
     if config.rate_limits is not None and config.rate_limits.enabled:  # one limiter shared by every ingress replica
-        limiter = RateLimiter.bind(config.rate_limits.model_dump(mode="json"))
-        return Ingress.bind(config=config.model_dump(mode="json"), variants=variants, limiter=limiter)
-    return Ingress.bind(config=config.model_dump(mode="json"), variants=variants)
+        extra["limiter"] = RateLimiter.bind(config.rate_limits.model_dump(mode="json"))
+    if config.jobs.enabled:  # runs jobs through the ingress, found by name (binding it here would be a cycle)
+        extra["job_worker"] = JobWorker.bind(config.jobs.model_dump(mode="json"), ingress=Ingress.name)
+    return Ingress.bind(config=config.model_dump(mode="json"), variants=variants, **extra)
 
 
 def build_variant_app(args: dict) -> Application:

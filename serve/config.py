@@ -18,6 +18,7 @@ from typing import Any, Literal
 from pydantic import Field, SerializeAsAny, field_validator, model_validator
 
 from pixelfleet.deployments.spec import FamilyConfig, FamilySpec, Limits, Strict, load_spec
+from pixelfleet.jobs.config import JobsConfig
 
 
 class StateConfig(Strict):
@@ -128,7 +129,25 @@ class AppConfig(Strict):
     tracing: TracingConfig = TracingConfig()
     auth: AuthConfig = AuthConfig()
     rate_limits: RateLimitConfig | None = Field(None, description="per-caller rate limits (serve/ratelimit.py); none by default")
+    jobs: JobsConfig = Field(default_factory=JobsConfig, description="durable jobs: /v1/jobs and the JobWorker deployment (jobs/); off by default")
     admission: AdmissionConfig = AdmissionConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _jobs_beside_state(cls, values: Any) -> Any:
+        """``jobs.state_dir`` defaults to the folder of a local ``state.path``."""
+        if not isinstance(values, dict):
+            return values
+        jobs = values.get("jobs")
+        jobs = dict(jobs) if isinstance(jobs, dict) else jobs
+        if jobs is None or (isinstance(jobs, dict) and jobs.get("state_dir") is None):
+            state = values.get("state") or {}
+            path = state.get("path") if isinstance(state, dict) else getattr(state, "path", None)
+            path = path or StateConfig.model_fields["path"].default
+            if "://" not in path or path.startswith("file://"):
+                jobs = {**(jobs or {}), "state_dir": str(Path(path.removeprefix("file://")).expanduser().parent)}
+                values = {**values, "jobs": jobs}
+        return values
 
     @field_validator("families", mode="before")
     @classmethod

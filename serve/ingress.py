@@ -91,11 +91,17 @@ class Ingress:
             wired, so the whole graph is one Serve application.
         limiter: the ``RateLimiter`` deployment's handle when rate limits are on
             (``serve/ratelimit.py``), else None.
+        job_worker: the ``JobWorker`` deployment's handle when jobs are on (``jobs/worker.py``;
+            woken after each submit to ``/v1/jobs``), else None.
     """
 
-    def __init__(self, config: dict, variants: dict[str, dict[str, DeploymentHandle]], limiter: DeploymentHandle | None = None) -> None:
+    def __init__(
+        self, config: dict, variants: dict[str, dict[str, DeploymentHandle]], limiter: DeploymentHandle | None = None,
+        job_worker: DeploymentHandle | None = None,
+    ) -> None:  # fmt: skip
         self.config = AppConfig.model_validate(config)
         self.limiter = limiter
+        self.job_worker = job_worker
         context = serve.get_replica_context()
         self.app_name, self.deployment_name = context.app_name, context.deployment
         self.bound = variants
@@ -173,6 +179,15 @@ class Ingress:
         method.__name__ = method.__qualname__ = operation.name
         method.__doc__ = f"{operation.summary} ({family}; options: {', '.join(operation.params.model_fields)})"
         return method
+
+    async def run_operation(
+        self, family: str, operation: str, data: bytes, params: dict[str, Any], model: str | None = None, caller: str | None = None
+    ) -> dict[str, Any]:
+        """An operation for the job worker (``jobs/worker.py``), as :meth:`infer` runs it (A/B
+        split, shadows): ``{"content": bytes | dict, "media_type": str, "variant":
+        "<family>/<variant>"}``. Raises what :meth:`infer` raises."""
+        answer = await self.infer(family, operation, data, params, model=model, caller=caller)
+        return {"content": answer.result.content, "media_type": answer.result.media_type, "variant": f"{answer.family}/{answer.variant}"}
 
     # ---- the shared implementation ----
 

@@ -202,4 +202,8 @@ def build_api(ingress: "Ingress") -> FastAPI:
     from pixelfleet.serve.oip import build_router  # here: oip imports this module's helpers
 
     api.include_router(build_router(ingress))
+    if ingress.config.jobs.enabled:  # /v1/jobs (serve/jobs_routes.py)
+        from pixelfleet.serve.jobs_routes import build_router as build_jobs_router
+
+        api.include_router(build_jobs_router(ingress))
     return api

@@ -1,0 +1,264 @@
+"""Durable jobs through the running app (issue 15): ``/v1/jobs`` on the session's app (jobs are on
+in ``serve/configs/local.yaml``; the store is a SQLite file beside the session's state file), and
+an app of its own beside the session's (``jobsapp``: the invert family with its 2-second
+``slow`` variant, short leases) whose worker replica is killed and which is deleted and deployed
+again while jobs are queued and running."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.conftest import REPO, synthetic_photo
+from tests.integration.apps import beside_session
+from tests.integration.conftest import INVERT_KIND, open_image, png_bytes
+
+pytestmark = pytest.mark.integration
+
+APP = "jobsapp"
+PICTURE = synthetic_photo(24, 32, seed=7)
+PNG = png_bytes(PICTURE)
+DATA = base64.b64encode(PNG).decode()
+TERMINAL = {"succeeded", "failed", "cancelled"}
+
+
+def invert_job(**fields) -> dict:
+    """A job of the invert family on :data:`PNG`, by default on variant ``a`` (255 - x)."""
+    return {"family": "invert", "operation": "invert", "input": {"data": DATA}, "model": "a", **fields}
+
+
+def headers_of(client_id: str, key: str | None = None) -> dict[str, str]:
+    return {"X-Client-Id": client_id, **({"Idempotency-Key": key} if key else {})}
+
+
+def wait_for(http: httpx.Client, job_id: str, client_id: str, states: set[str], timeout_s: float = 60) -> dict:
+    """Poll the job until its state is one of ``states``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        job = http.get(f"/v1/jobs/{job_id}", headers=headers_of(client_id)).json()
+        if job["state"] in states or time.monotonic() > deadline:
+            assert job["state"] in states, job
+            return job
+        time.sleep(0.1)
+
+
+def assert_inverted(http: httpx.Client, job_id: str, client_id: str) -> bytes:
+    result = http.get(f"/v1/jobs/{job_id}/result", headers=headers_of(client_id))
+    assert result.status_code == 200 and result.headers["content-type"] == "image/png"
+    np.testing.assert_array_equal(np.asarray(open_image(result.content)), 255 - PICTURE)
+    return result.content
+
+
+# ---- the session's app ----
+
+
+def test_a_job_is_stored_run_through_the_ingress_and_its_result_kept(client):
+    answer = client.post("/v1/jobs", json=invert_job(params={"format": "png"}), headers=headers_of("job-owner"))
+    assert answer.status_code == 202, answer.text
+    job = answer.json()
+    assert job["state"] in ("queued", "running", "succeeded") and answer.headers["location"] == f"/v1/jobs/{job['id']}"
+    done = wait_for(client, job["id"], "job-owner", TERMINAL)
+    assert done["state"] == "succeeded" and done["variant"] == "invert/a" and done["progress"]["percent"] == 100
+    assert done["attempts"] == 1 and done["result"] == {"media_type": "image/png"}
+    assert_inverted(client, job["id"], "job-owner")
+    listed = client.get("/v1/jobs", params={"state": "succeeded"}, headers=headers_of("job-owner")).json()
+    assert job["id"] in [j["id"] for j in listed["jobs"]]
+
+
+def test_bad_submits_are_refused_at_once_and_store_nothing(client):
+    owner = headers_of("refused-caller")
+    cases = [
+        ({"family": "nope", "operation": "invert", "input": {"data": DATA}}, 422),
+        ({"family": "invert", "operation": "nope", "input": {"data": DATA}}, 422),
+        (invert_job(params={"format": "gif"}), 422),  # not an option of invert
+        (invert_job(model="no-such-variant"), 422),
+        ({"family": "invert", "operation": "invert"}, 422),  # no input
+        ({"family": "invert", "operation": "invert", "input": {"data": DATA, "url": "/x"}}, 422),
+        ({"family": "invert", "operation": "invert", "input": {"data": "not base64!"}}, 400),
+        ({"family": "invert", "operation": "invert", "input": {"url": "/etc/passwd"}}, 400),  # outside the storage roots
+        (invert_job(callback_url="http://example.com/hook"), 400),  # not on the allow-list
+        (invert_job(priority="high"), 422),
+    ]
+    for body, status in cases:
+        answer = client.post("/v1/jobs", json=body, headers=owner)
+        assert answer.status_code == status, (body, answer.text)
+        error = answer.json()["error"]
+        assert error["code"] and error["message"] and "Traceback" not in error["message"]
+    assert client.post("/v1/jobs", content=b"{", headers={**owner, "content-type": "application/json"}).status_code == 422
+    assert client.get("/v1/jobs", headers=owner).json() == {"jobs": [], "next": None}
+
+
+def test_jobs_belong_to_their_caller(client):
+    job = client.post("/v1/jobs", json=invert_job(), headers=headers_of("alice")).json()
+    for method, path in [("GET", ""), ("GET", "/result"), ("GET", "/events"), ("POST", "/cancel")]:
+        answer = client.request(method, f"/v1/jobs/{job['id']}{path}", headers=headers_of("bob"))
+        assert answer.status_code == 404 and answer.json()["error"]["code"] == "not_found"
+    assert job["id"] not in [j["id"] for j in client.get("/v1/jobs", headers=headers_of("bob")).json()["jobs"]]
+    assert client.get(f"/v1/jobs/{job['id']}", headers=headers_of("alice")).status_code == 200
+
+
+def test_a_job_that_cannot_succeed_fails_with_its_error_and_no_retry(client):
+    body = {"family": "invert", "operation": "invert", "input": {"data": base64.b64encode(b"not an image").decode()}}
+    job = client.post("/v1/jobs", json=body, headers=headers_of("failing")).json()
+    done = wait_for(client, job["id"], "failing", TERMINAL)
+    assert done["state"] == "failed" and done["attempts"] == 1  # a 4xx of the family: the job's own fault
+    assert done["error"]["code"] in ("invalid_input", "unsupported_media_type")
+    assert client.get(f"/v1/jobs/{job['id']}/result", headers=headers_of("failing")).status_code == 409
+
+
+def test_100_concurrent_submits_with_one_idempotency_key_create_one_job(app_url):
+    body = invert_job(params={"format": "webp"})
+
+    async def submit(http: httpx.AsyncClient) -> httpx.Response:
+        while True:  # a client retries a 503 (the ingress's admission limit) after Retry-After
+            answer = await http.post("/v1/jobs", json=body, headers=headers_of("idempotent", key="one-key"))
+            if answer.status_code != 503:
+                return answer
+            await asyncio.sleep(float(answer.headers.get("retry-after", 1)))
+
+    async def main() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=app_url, timeout=120, limits=httpx.Limits(max_connections=100)) as http:
+            return await asyncio.gather(*(submit(http) for _ in range(100)))
+
+    answers = asyncio.run(main())
+    assert {a.status_code for a in answers} == {202}
+    assert len({a.json()["id"] for a in answers}) == 1
+    assert sum(a.headers.get("idempotent-replayed") != "true" for a in answers) == 1
+    with httpx.Client(base_url=app_url, timeout=60) as http:
+        assert len(http.get("/v1/jobs", headers=headers_of("idempotent")).json()["jobs"]) == 1
+        other = http.post("/v1/jobs", json=invert_job(), headers=headers_of("idempotent", key="one-key"))
+        assert other.status_code == 422  # the key with another body
+
+
+def test_events_stream_state_and_progress_until_the_job_ends(client):
+    job = client.post("/v1/jobs", json=invert_job(model="slow"), headers=headers_of("watcher")).json()
+    events = []
+    with client.stream("GET", f"/v1/jobs/{job['id']}/events", headers=headers_of("watcher")) as stream:
+        assert stream.headers["content-type"].startswith("text/event-stream")
+        kind = None
+        for line in stream.iter_lines():
+            if line.startswith("event: "):
+                kind = line.removeprefix("event: ")
+            elif line.startswith("data: "):
+                events.append((kind, json.loads(line.removeprefix("data: "))))
+    states = [data["state"] for kind, data in events if kind == "state"]
+    assert states[-1] == "succeeded" and "running" in states
+    assert states.index("running") < states.index("succeeded")
+    assert events[-1][1]["progress"]["percent"] == 100
+
+
+def test_cancel_a_queued_job_and_list_in_pages(client):
+    owner = headers_of("canceller")
+    ids = [client.post("/v1/jobs", json=invert_job(model="slow", priority=-1000), headers=owner).json()["id"] for _ in range(3)]
+    cancelled = client.post(f"/v1/jobs/{ids[-1]}/cancel", headers=owner)
+    assert cancelled.status_code == 200 and cancelled.json()["state"] == "cancelled"
+    assert client.get(f"/v1/jobs/{ids[-1]}/result", headers=owner).status_code == 409
+    first = client.get("/v1/jobs", params={"limit": 2}, headers=owner).json()
+    assert [j["id"] for j in first["jobs"]] == ids[::-1][:2] and first["next"] is not None
+    rest = client.get("/v1/jobs", params={"limit": 2, "before": first["next"]}, headers=owner).json()
+    assert [j["id"] for j in rest["jobs"]] == ids[:1] and rest["next"] is None
+    for job_id in ids[:2]:
+        client.post(f"/v1/jobs/{job_id}/cancel", headers=owner)  # finished ones answer 409: fine
+
+
+# ---- an app of its own: kill its worker, restart it ----
+
+
+@pytest.fixture(scope="module")
+def jobs_app(app_url, tmp_path_factory):
+    """``(schema, url, store file)`` of app ``jobsapp`` beside the session's: short leases and
+    backoff, so lost workers and retries show within seconds."""
+    from ray.serve.schema import ServeApplicationSchema
+
+    state = tmp_path_factory.mktemp("jobsapp")
+    app = ServeApplicationSchema(
+        name=APP, route_prefix=f"/{APP}", import_path="pixelfleet.serve.app:build_app",
+        runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}},
+        args={
+            "families": {"invert": {"kind": INVERT_KIND, "default": "slow", "variants": {"a": {}, "slow": {"delay_s": 2.0}}}},
+            "state": {"path": str(state / "state.json")},
+            "jobs": {"enabled": True, "lease_s": 2, "heartbeat_s": 0.5, "poll_interval_s": 0.2, "concurrency": 2,
+                     "max_attempts": 3, "backoff_s": 0.2},
+        },
+        deployments=[{"name": n, "ray_actor_options": {"num_cpus": 0}} for n in ("Ingress", "invert-a", "invert-slow", "JobWorker")],
+    )  # fmt: skip
+    with beside_session(app):
+        yield app, f"{app_url}/{APP}", state / "jobs.sqlite"
+
+
+@pytest.fixture(scope="module")
+def http(jobs_app):
+    with httpx.Client(base_url=jobs_app[1], timeout=60) as client:
+        yield client
+
+
+def kill_worker_replica() -> None:
+    import ray
+
+    from pixelfleet.ray_private import replica_actor, running_replicas
+
+    replicas = running_replicas(APP, "JobWorker")
+    assert len(replicas) == 1, replicas
+    ray.kill(replica_actor(replicas[0].actor_name), no_restart=True)
+
+
+def test_a_job_survives_the_death_of_its_worker_replica(http):
+    job = http.post("/v1/jobs", json=invert_job(model="slow"), headers=headers_of("survivor")).json()
+    wait_for(http, job["id"], "survivor", {"running"})
+    kill_worker_replica()  # mid-job: the slow variant takes 2 s
+    done = wait_for(http, job["id"], "survivor", TERMINAL, timeout_s=90)
+    assert done["state"] == "succeeded" and done["attempts"] >= 2  # run again after the lease expired
+    assert_inverted(http, job["id"], "survivor")
+
+
+def test_transient_failures_are_retried_then_the_job_fails_with_the_error_kept(http):
+    job = http.post("/v1/jobs", json=invert_job(params={"fail": True}), headers=headers_of("retried")).json()
+    done = wait_for(http, job["id"], "retried", TERMINAL)
+    assert (done["state"], done["attempts"], done["error"]["code"]) == ("failed", 3, "internal_error")
+    assert "/srv/secret" not in json.dumps(done)
+
+
+def test_jobs_queued_and_running_survive_a_restart_of_the_whole_app(jobs_app, http):
+    from ray import serve
+
+    from pixelfleet.jobs.store import JobStore
+    from pixelfleet.serve import control
+    from pixelfleet.serve.runner import wait_until_running
+
+    app, _, database = jobs_app
+    ids = [http.post("/v1/jobs", json=invert_job(model="slow"), headers=headers_of("restarted")).json()["id"] for _ in range(4)]
+    wait_for(http, ids[0], "restarted", {"running"})
+    running = control.deployed_config()
+    control.submit(running.model_copy(update={"applications": [a for a in running.applications if a.name != APP]}))  # delete the app
+    deadline = time.monotonic() + 120
+    while APP in serve.status().applications and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert APP not in serve.status().applications
+    store = JobStore(f"sqlite:///{database}")
+    try:
+        between = {job_id: store.get(job_id).state for job_id in ids}  # nothing lost while no app runs
+    finally:
+        store.close()
+    assert set(between.values()) <= {"queued", "running", "succeeded"}, between  # some may finish while the app stops
+    assert {"queued", "running"} & set(between.values()), between  # 4 jobs of 2 s, 2 at a time: some are left
+    control.submit(running)  # the same app again, on the same SQLite file
+    wait_until_running(APP, 300)
+    seen: dict[str, tuple] = {}
+    for job_id in ids:
+        done = wait_for(http, job_id, "restarted", TERMINAL, timeout_s=120)
+        assert done["state"] == "succeeded", done
+        seen[job_id] = (done["finished_at"], assert_inverted(http, job_id, "restarted"))
+    time.sleep(3)  # longer than a lease: a run that lost its job would have finished by now
+    for job_id in ids:
+        again = http.get(f"/v1/jobs/{job_id}", headers=headers_of("restarted")).json()
+        assert (again["state"], again["finished_at"]) == ("succeeded", seen[job_id][0])
+        assert http.get(f"/v1/jobs/{job_id}/result", headers=headers_of("restarted")).content == seen[job_id][1]
+        results = Path(database).parent / "jobs" / "results" / job_id
+        assert len([p for p in results.iterdir() if p.name != "input"]) == 1  # one result file: one visible completion
