@@ -72,7 +72,7 @@ class JobRequest(BaseModel):
 
     family: str = Field(description="the model family (GET /v1/models)")
     operation: str = Field(description="one of the family's operations, or batch / video (params say what to run)")
-    input: JobInput | None = Field(None, description="the image (every operation but batch and video)")
+    input: JobInput | None = Field(None, description="the image (every operation but batch; a video job's video, or params.input)")
     params: dict = Field(default_factory=dict, description="the operation's options, as its REST route takes them")
     model: str | None = Field(None, description="a variant to force; default: the A/B split")
     callback_url: str | None = Field(None, description="webhook URL called when the job ends (on the allow-list)")
@@ -121,8 +121,8 @@ class Jobs:
         if family is None:
             raise Unprocessable(f"unknown family {body.family!r}; served: {', '.join(sorted(self.ingress.families))}")
         if body.operation in COMPOSITE:
-            if body.input is not None:
-                raise Unprocessable(f"a {body.operation} job names its inputs in params, not in input")
+            if body.input is not None and body.operation == "batch":
+                raise Unprocessable("a batch job names its inputs in params (inputs, prefix or zip), not in input")
             operation, params, model = self._composite(body)
         else:
             operation, params, model = body.operation, body.params, body.model
@@ -151,10 +151,13 @@ class Jobs:
         """A batch or video job's own checks (``jobs/batch.py``, ``jobs/video.py``); returns the
         operation, params and model each of its items runs with."""
         if body.operation == "batch":
-            from pixelfleet.jobs.batch import validate
-        else:
-            from pixelfleet.jobs.video import validate
-        spec = validate(body.params, self.storage)
+            from pixelfleet.jobs.batch import validate as validate_batch
+
+            spec = validate_batch(body.params, self.storage)
+        else:  # a video comes from params.input or the job's input
+            from pixelfleet.jobs.video import validate as validate_video
+
+            spec = validate_video(body.params, self.storage, has_input=body.input is not None)
         return getattr(spec, "operation", "upscale"), getattr(spec, "params", {}), getattr(spec, "model", body.model)
 
     def store_input(self, job_id: str, body: JobRequest) -> dict | None:
@@ -215,7 +218,7 @@ def build_router(ingress: "Ingress") -> APIRouter:
         except ValidationError as err:
             raise Unprocessable(describe_validation(err.errors())) from None
         owner, key = owner_of(request), _idempotency_key(request)
-        jobs.check(body)
+        await asyncio.to_thread(jobs.check, body)  # batch and video checks look at storage
         fingerprint = request_hash(body.model_dump(mode="json"))
         existing = await asyncio.to_thread(jobs.store.by_key, owner, key) if key is not None else None
         if existing is None:
