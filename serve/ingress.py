@@ -181,11 +181,13 @@ class Ingress:
         return method
 
     async def run_operation(
-        self, family: str, operation: str, data: bytes, params: dict[str, Any], model: str | None = None, caller: str | None = None
-    ) -> dict[str, Any]:
+        self, family: str, operation: str, data: bytes | dict[str, bytes], params: dict[str, Any], model: str | None = None,
+        caller: str | None = None,
+    ) -> dict[str, Any]:  # fmt: skip
         """An operation for the job worker (``jobs/worker.py``), as :meth:`infer` runs it (A/B
-        split, shadows): ``{"content": bytes | dict, "media_type": str, "variant":
-        "<family>/<variant>"}``. Raises what :meth:`infer` raises."""
+        split, shadows). ``data``: the encoded image, or ``{name: bytes}`` for an operation whose
+        body is JSON with named images. Returns ``{"content": bytes | dict, "media_type": str,
+        "variant": "<family>/<variant>"}``. Raises what :meth:`infer` raises."""
         answer = await self.infer(family, operation, data, params, model=model, caller=caller)
         return {"content": answer.result.content, "media_type": answer.result.media_type, "variant": f"{answer.family}/{answer.variant}"}
 

@@ -199,3 +199,22 @@ def test_jobs_state_dir_follows_a_local_state_path(tmp_path):
     remote = AppConfig.model_validate({"families": families, "state": {"path": "s3://bucket/state.json"}})
     assert remote.jobs.state_dir is None and remote.jobs.url().endswith("/.pixelfleet/jobs.sqlite")
     assert [JobsConfig(backoff_s=2, backoff_max_s=10).backoff(n) for n in (1, 2, 3, 4)] == [2, 4, 8, 10]
+
+
+def test_a_job_belongs_to_the_authenticated_caller_before_the_client_id_header():
+    from starlette.requests import Request
+
+    from pixelfleet.serve.auth import Principal
+    from pixelfleet.serve.jobs_routes import ANONYMOUS, owner_of
+
+    def request(principal: Principal | None, client_id: str | None) -> Request:
+        headers = [(b"x-client-id", client_id.encode())] if client_id else []
+        scope = {"type": "http", "method": "GET", "path": "/v1/jobs", "headers": headers, "state": {}}
+        if principal is not None:
+            scope["state"]["principal"] = principal
+        return Request(scope)
+
+    alice = Principal("alice", frozenset({"jobs"}), "api_key")
+    assert owner_of(request(alice, "mallory")) == "alice"  # the header cannot claim another's jobs
+    assert owner_of(request(None, "bob")) == "bob"
+    assert owner_of(request(None, None)) == ANONYMOUS
