@@ -22,7 +22,7 @@ IMAGE = png_bytes(synthetic_photo(8, 8))
 #: here everything is short, so a burst of a few seconds is enough.
 AUTOSCALING = {
     "min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 1,
-    "metrics_interval_s": 0.5, "look_back_period_s": 1.0, "upscale_delay_s": 0.5, "downscale_delay_s": 2.0,
+    "metrics_interval_s": 0.5, "look_back_period_s": 1.0, "upscale_delay_s": 0.5, "downscale_delay_s": 1.0,
 }  # fmt: skip
 
 
