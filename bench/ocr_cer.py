@@ -1,11 +1,17 @@
-"""Character error rate and speed of the OCR engines on line images, without Ray.
+"""Character error rate and speed of the OCR engines on line images and page scans, without Ray.
 
 Reads every ``<name>.png`` with its ``<name>.gt.txt`` in a folder, runs each engine on the image
 (converted to RGB with Pillow) and prints, per engine and settings: mean and median CER
-(``train.metrics.character_error_rate``), images, wall-clock and process CPU seconds per image
+(``models.metrics.character_error_rate``), images, wall-clock and process CPU seconds per image
 (recognition only, after one warm-up image; CPU time is the steadier figure on a busy machine),
-and how many images gave no text.
+and how many images gave no text. With ``--pages`` it also reads every ``<name>.tif`` with its
+``<name>.txt`` there and prints each page's CER of the whole text in the engine's reading order.
 
+The CER is the dataset README's: edit distance / reference length after collapsing white space.
+The "folded" column also maps typographic quotes to ASCII on both sides (UW3's ground truth spells
+them as TeX's `` and '', UNLV's as ASCII, the engines as Unicode curly quotes).
+
+    python bench/ocr_cer.py --data ../shared/datasets/ocr/lines --pages ../shared/datasets/ocr/pages --ladder
     python bench/ocr_cer.py --data ../shared/datasets/ocr/lines
     python bench/ocr_cer.py --data ../shared/datasets/ocr/lines --engine rapidocr \\
         --option det_limit_type=max --option det_limit_side_len=960 --option intra_op_num_threads=1
@@ -19,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import re
 import statistics
 import time
 from pathlib import Path
@@ -40,6 +47,26 @@ RAPIDOCR_SWEEP = [
     {"det_limit_type": "max", "det_limit_side_len": 1280},
     {"det_limit_type": "max", "det_limit_side_len": 1600},
 ]
+
+
+# Each change to the Tesseract variant and the layout step, in the order they were made (the
+# last row of each engine is its default), for --ladder.
+LADDER = [
+    ("tesseract", "before: psm 3, no border, Tesseract's order", {"psm": 3, "border": 0, "layout": False}),
+    ("tesseract", "psm 7 (one line) for every image", {"psm": 7, "border": 0, "layout": False}),
+    ("tesseract", "psm 7 + 10 px border", {"psm": 7, "border": 10, "layout": False}),
+    ("tesseract", "auto psm (7 if one line, else 3) + border + turned lines", {"psm": None, "border": 10, "layout": False}),
+    ("tesseract", "+ layout step (default)", {}),
+    ("rapidocr", "before: rows across the page", {"layout": False}),
+    ("rapidocr", "+ layout step (default)", {}),
+]
+
+
+def fold_quotes(text: str) -> str:
+    """Typographic and TeX quotes as ASCII: ‘ ’ ‚ ‛ ` -> ', “ ” „ ‟ and '' -> "."""
+    text = re.sub("[\u2018\u2019\u201a\u201b`]", "'", text)
+    text = re.sub("[\u201c\u201d\u201e\u201f]", '"', text)
+    return text.replace("''", '"')
 
 
 def parse_value(text: str):
@@ -87,11 +114,28 @@ def load_samples(folder: Path, limit: int | None) -> list[tuple[str, np.ndarray,
     return samples
 
 
-def evaluate(engine_name: str, options: dict, samples, verbose: bool = False) -> dict:
-    """Mean CER, images, seconds per image and empty outputs of one engine on ``samples``."""
+def load_pages(folder: Path) -> list[tuple[str, np.ndarray, str]]:
+    """``(name, (H, W, 3) uint8 RGB, ground truth)`` for each ``.tif`` that has a ``.txt``."""
+    pages = []
+    for tif in sorted(folder.glob("*.tif")):
+        truth = tif.with_suffix(".txt")
+        if truth.exists():
+            with Image.open(tif) as image:
+                pages.append((tif.stem, np.asarray(image.convert("RGB")), truth.read_text(encoding="utf-8")))
+    return pages
+
+
+def page_cers(engine, pages) -> dict[str, float]:
+    """Each page's CER of the whole text in the engine's reading order."""
+    return {name: character_error_rate(to_result(engine.recognize(image)).text, truth) for name, image, truth in pages}
+
+
+def evaluate(engine_name: str, options: dict, samples, verbose: bool = False, pages=()) -> dict:
+    """Mean CER (plain and quotes folded), images, seconds per image and empty outputs of one
+    engine on ``samples``; each page's CER when ``pages`` are given."""
     engine = build_engine(engine_name, options)
     engine.recognize(samples[0][1])  # warm-up, not timed
-    cers, seconds, cpu_seconds, empty = [], 0.0, 0.0, 0
+    cers, folded, seconds, cpu_seconds, empty = [], [], 0.0, 0.0, 0
     for name, image, truth in samples:
         start, cpu_start = time.perf_counter(), time.process_time()
         text = to_result(engine.recognize(image)).text
@@ -99,11 +143,14 @@ def evaluate(engine_name: str, options: dict, samples, verbose: bool = False) ->
         cpu_seconds += time.process_time() - cpu_start
         cer = character_error_rate(text, truth)
         cers.append(cer)
+        folded.append(character_error_rate(fold_quotes(text), fold_quotes(truth)))
         empty += not text.strip()
         if verbose and cer > 0:
             print(f"  {name} cer={cer:.3f} hyp={text!r} ref={truth.strip()!r}")
     return {
         "cer": statistics.fmean(cers),
+        "folded_cer": statistics.fmean(folded),
+        "pages": page_cers(engine, pages) if pages else {},
         "median_cer": statistics.median(cers),
         "images": len(samples),
         "s_per_image": seconds / len(samples),
@@ -121,26 +168,38 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--option", action="append", default=[], metavar="[ENGINE:]K=V")
     parser.add_argument("--sweep-rapidocr", action="store_true", help="compare the RAPIDOCR_SWEEP settings")
     parser.add_argument("--verbose", action="store_true", help="print every line with errors")
+    parser.add_argument("--pages", type=Path, default=None, help="folder of <name>.tif + <name>.txt page scans")
+    parser.add_argument("--ladder", action="store_true", help="each change to the defaults, in order (LADDER), as a Markdown table")
     args = parser.parse_args(argv)
 
     samples = load_samples(args.data, args.limit)
     if not samples:
         raise SystemExit(f"no <name>.png with <name>.gt.txt in {args.data}")
+    pages = load_pages(args.pages) if args.pages else []
 
     runs = []
-    if args.sweep_rapidocr:
+    if args.ladder:
+        runs = [(name, label, {**parse_options(args.option, name), **options}) for name, label, options in LADDER]
+    elif args.sweep_rapidocr:
         base = parse_options(args.option, "rapidocr")
-        runs = [("rapidocr", {**base, **setting}) for setting in RAPIDOCR_SWEEP]
+        runs = [("rapidocr", "", {**base, **setting}) for setting in RAPIDOCR_SWEEP]
     else:
         names = list(ENGINES) if args.engine == "all" else [args.engine]
-        runs = [(name, parse_options(args.option, name)) for name in names]
+        runs = [(name, "", parse_options(args.option, name)) for name in names]
 
-    print(f"{'engine':<10} {'mean CER':>8} {'median':>7} {'images':>6} {'s/image':>8} {'cpu s':>7} {'empty':>5}  options")
-    for name, options in runs:
-        row = evaluate(name, options, samples, args.verbose)
+    page_names = [name for name, _, _ in pages]
+    print(
+        "| engine | change | lines: mean CER | folded | median | CPU s / line | no text | "
+        + " | ".join(f"page {name}" for name in page_names) + (" |" if page_names else "") + " options |"
+    )
+    print("| --- " * (7 + len(page_names) + 1) + "|")
+    for name, label, options in runs:
+        row = evaluate(name, options, samples, args.verbose, pages)
+        cells = [f"{row['pages'][page]:.2%}" for page in page_names]
         print(
-            f"{name:<10} {row['cer']:8.4f} {row['median_cer']:7.4f} {row['images']:6d} "
-            f"{row['s_per_image']:8.4f} {row['cpu_s_per_image']:7.4f} {row['empty']:5d}  {options}",
+            f"| {name} | {label} | {row['cer']:.2%} | {row['folded_cer']:.2%} | {row['median_cer']:.2%} | "
+            f"{row['cpu_s_per_image']:.3f} | {row['empty']} of {row['images']} | "
+            + "".join(f"{cell} | " for cell in cells) + f"`{options}` |",
             flush=True,
         )
 

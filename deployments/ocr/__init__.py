@@ -1,8 +1,9 @@
 """The OCR family: text lines with confidences and boxes, by Tesseract 5 or RapidOCR (PP-OCRv4, ONNX).
 
 ``SPEC`` is what the graph reads (``deployments/spec.py``). Modules: ``config.py``,
-``deployment.py`` (the Ray Serve deployment), ``engines.py`` (the engines), ``lines.py`` (the
-result schema, input check and reading order).
+``deployment.py`` (the Ray Serve deployment), ``engines.py`` (the engines), ``layout.py`` (reading
+order: columns, then lines), ``lines.py`` (the
+result schema and input check).
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
-"""OCR text lines: the result schema, the input check, boxes and reading order, pure and engine-free.
+"""OCR text lines: the result schema, the input check and boxes, pure and engine-free.
 
 ``OCRLine`` and ``OCRResult`` are what every engine returns and what the API serves; the helpers
-here are shared by the engines (``deployments/ocr_engines.py``) and the deployment
-(``deployments/ocr.py``), and tests call them without an engine or Ray.
+here are shared by the engines (``engines.py``), the layout step (``layout.py``, reading order)
+and the deployment (``deployment.py``), and tests call them without an engine or Ray.
 """
 
 from __future__ import annotations
@@ -77,31 +77,6 @@ def quad_to_box(points: Any) -> list[int]:
     x0, y0 = np.floor(pts.min(axis=0)).astype(int)
     x1, y1 = np.ceil(pts.max(axis=0)).astype(int)
     return [int(x0), int(y0), int(max(x1, x0 + 1)), int(max(y1, y0 + 1))]
-
-
-def reading_order(lines: list[OCRLine]) -> list[OCRLine]:
-    """Sort lines top to bottom, then left to right within a row.
-
-    Lines are visited by vertical centre; a line joins the current row when its vertical centre
-    lies inside the row's vertical span and the row's mean centre lies inside the line's span
-    (the mutual test keeps one tall box from merging two rows). Rows keep that top-to-bottom
-    order; inside a row, lines are sorted by left edge. Pure; the input list is not modified.
-    """
-    if not lines:
-        return []
-    by_centre = sorted(lines, key=lambda line: ((line.box[1] + line.box[3]) / 2, line.box[0]))
-    rows: list[list[OCRLine]] = []
-    top = bottom = centre_sum = 0.0
-    for line in by_centre:
-        y0, y1 = line.box[1], line.box[3]
-        centre = (y0 + y1) / 2
-        if rows and top <= centre <= bottom and y0 <= centre_sum / len(rows[-1]) <= y1:
-            rows[-1].append(line)
-            top, bottom, centre_sum = min(top, y0), max(bottom, y1), centre_sum + centre
-        else:
-            rows.append([line])
-            top, bottom, centre_sum = y0, y1, centre
-    return [line for row in rows for line in sorted(row, key=lambda line: line.box[0])]
 
 
 def to_result(lines: list[OCRLine]) -> OCRResult:

@@ -14,7 +14,7 @@ from PIL import Image
 
 from pixelfleet.deployments.ocr.deployment import OCR
 from pixelfleet.deployments.ocr.engines import build_engine
-from pixelfleet.deployments.ocr.lines import OCRLine, OCRResult, check_image, reading_order, render_text, to_result
+from pixelfleet.deployments.ocr.lines import OCRLine, OCRResult, check_image, render_text, to_result
 from pixelfleet.models.errors import InvalidInput
 from pixelfleet.models.metrics import character_error_rate, normalize_text
 
@@ -40,34 +40,7 @@ def line(text: str, box: list[int]) -> OCRLine:
     return OCRLine(text=text, confidence=0.9, box=box)
 
 
-# ------------------------------------------------------------------------------- reading order
-
-
-def test_reading_order_rows_then_columns():
-    lines = [
-        line("d", [10, 62, 90, 88]),  # second row
-        line("c", [300, 12, 380, 36]),  # first row, right, slightly lower
-        line("a", [10, 10, 90, 34]),  # first row, left
-        line("e", [200, 60, 290, 86]),  # second row, right
-        line("b", [150, 8, 240, 32]),  # first row, middle, slightly higher
-    ]
-    before = list(lines)
-    assert [item.text for item in reading_order(lines)] == ["a", "b", "c", "d", "e"]
-    assert lines == before  # pure: input untouched
-
-
-def test_reading_order_tall_box_does_not_merge_two_rows():
-    # A tall box beside two rows (a figure or drop cap) must not pull both rows into one.
-    lines = [
-        line("row2", [100, 60, 400, 84]),
-        line("tall", [0, 0, 80, 90]),
-        line("row1", [100, 10, 400, 34]),
-    ]
-    assert [item.text for item in reading_order(lines)] == ["row1", "tall", "row2"]
-
-
-def test_reading_order_empty():
-    assert reading_order([]) == []
+# ------------------------------------------------------------------------------------ results
 
 
 def test_to_result_keeps_the_engine_order_and_joins_by_newline():
@@ -174,3 +147,44 @@ def test_deployment_class_without_ray():
     assert OCRResult.model_validate(result).lines[0].text == "pixel fleet"
     with pytest.raises(InvalidInput):
         replica.recognize(np.zeros((8, 8, 4), np.uint8))
+
+
+# --------------------------------------------------------------------------- Tesseract settings
+
+
+@pytest.fixture(scope="module")
+def tesseract():
+    return build_engine("tesseract")
+
+
+@pytest.mark.parametrize("angle", [90, 270])
+def test_tesseract_reads_a_turned_line_and_boxes_it_in_input_pixels(tesseract, angle):
+    upright = render_text("Linear feature extraction", font_size=28)
+    turned = np.ascontiguousarray(np.rot90(upright, k=angle // 90))  # counter-clockwise, as Pillow
+    lines = tesseract.recognize(turned)
+    assert character_error_rate(to_result(lines).text, "Linear feature extraction") < 0.1
+    height, width = turned.shape[:2]
+    (x0, y0, x1, y1), = [item.box for item in lines]
+    assert 0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height
+    assert y1 - y0 > 0.5 * height  # the box runs along the turned line
+
+
+def test_tesseract_line_touching_the_edges_is_read_with_the_border(tesseract):
+    tight = render_text("tight crop of a line", font_size=32, margin=0)
+    text = to_result(tesseract.recognize(tight)).text
+    assert character_error_rate(text, "tight crop of a line") < 0.1
+
+
+def test_tesseract_page_boxes_lie_in_the_input(tesseract):
+    image = render_text("first line of text\nsecond line of text\nthird line here", font_size=30)
+    lines = tesseract.recognize(image)
+    assert [item.text for item in lines] == ["first line of text", "second line of text", "third line here"]
+    height, width = image.shape[:2]
+    assert all(0 <= item.box[0] < item.box[2] <= width and 0 <= item.box[1] < item.box[3] <= height for item in lines)
+
+
+def test_tesseract_rejects_bad_psm_and_border():
+    with pytest.raises(ValueError):
+        build_engine("tesseract", {"psm": 14})
+    with pytest.raises(ValueError):
+        build_engine("tesseract", {"border": -1})
