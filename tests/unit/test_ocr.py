@@ -22,7 +22,8 @@ LINES = Path(__file__).resolve().parents[2].parent / "shared" / "datasets" / "oc
 
 # Three scanned lines with a few typical errors (a comma read as a period, "identi-" misread,
 # one line 1548 px wide that the detector downsizes to 1280). Measured mean CER on them:
-# RapidOCR 0.012, Tesseract 0.024; over all 375 lines: 0.039 and 0.021. The bound below is
+# RapidOCR 0.012, Tesseract 0.024 (before its border and mode choice); over all 375 lines: 0.039 and
+# 0.007 (deployments/ocr/card.json). The bound below is
 # 3x the worse of those, and still far from what a broken pipeline gives (~1.0: upside-down
 # reading, no detection, channel or dtype mix-ups).
 REAL_LINES = ["0518_010044", "0525_010030", "0628_010013"]
