@@ -213,9 +213,10 @@ def _hostile_credentials() -> dict[str, list[tuple[bytes, bytes]]]:
     }
 
 
-#: Requests that uvicorn, under Serve's proxy, may refuse itself (400 "Invalid HTTP request
-#: received.", plain text) before any app code runs: header fields it does not parse.
-BELOW_THE_APP = {"huge bearer (1 MB)", "long bearer (60 kB)", "control characters", "huge x-api-key (1 MB)", "long x-api-key (60 kB)"}
+#: Requests that uvicorn (httptools), under Serve's proxy, refuses itself before any app code
+#: runs (400 "Invalid HTTP request received.", plain text): a header value it does not parse. It
+#: has no header size limit: the 1 MB credentials reach the app and get its 401.
+BELOW_THE_APP = {"control characters"}
 
 
 def test_hostile_auth_headers_answer_4xx(auth_http):
