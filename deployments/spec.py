@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import importlib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any, Callable, Literal
 
@@ -121,6 +121,20 @@ class Operation:
             replica or node; Serve routes the second call to another replica). An operation
             with side effects or randomness that must not repeat (e.g. a seeded-but-billed
             generation) sets False and its caller sees 503 model_unavailable instead.
+        body: how the request carries its input. ``image`` (the default): the body is one image
+            (raw, or multipart field ``image``) and the options are query parameters or form
+            fields; the deployment gets the image's bytes (or pixels). ``json``: the body is the
+            options as a JSON object (``params``' schema), or multipart/form-data with the
+            options as fields; the images named in ``images`` travel as base64 strings in the
+            JSON or as file fields in the form, and the deployment gets ``{name: bytes}``
+            (empty for none; OIP v2: one BYTES input per name).
+        images: the named image inputs of a ``json`` operation, and whether each is required
+            (``{"image": True, "mask": True}``); ``{}`` for none (e.g. text-to-image).
+        stream: also served as ``POST /v1/<family>/<route>/stream`` (server-sent events) and as the
+            handle method ``<name>_stream``: the deployment implements the async generator
+            ``<name>_stream(image, params, route)`` yielding ``{"event": str, "data": dict}``
+            (progress events, then one ``result`` whose data is the operation's JSON answer).
+            The caller going away cancels the generator in the replica.
     """
 
     name: str
@@ -129,6 +143,26 @@ class Operation:
     route: str = ""
     summary: str = ""
     idempotent: bool = True
+    body: Literal["image", "json"] = "image"
+    images: dict[str, bool] = field(default_factory=dict)
+    stream: bool = False
+
+    @property
+    def stream_method(self) -> str:
+        """The deployment's (and the ingress handle's) streaming method: ``<name>_stream``."""
+        return f"{self.name}_stream"
+
+
+@dataclass(frozen=True)
+class Listing:
+    """A read-only listing of a family: ``GET /v1/<family>/<route>`` answers the JSON of the
+    variant's deployment method ``method()`` (no arguments); ``?model=`` picks the variant
+    (default: the family's default). E.g. the LoRA adapters a diffusion variant can load.
+    """
+
+    route: str
+    method: str
+    summary: str = ""
 
 
 @dataclass(frozen=True)
@@ -174,6 +208,22 @@ class VariantDeployment:
         with telemetry.serving(method, context):
             return await target(*args, **kwargs)
 
+    async def invoke_stream(self, method: str, *args: Any, context: CallContext | None = None, **kwargs: Any):
+        """``async for item in self.<method>(*args, **kwargs)``, yielded on, inside the caller's
+        trace and request (as :meth:`invoke`): how the ingress calls a streamed operation
+        (``handle.options(stream=True)``). Serve cancels this generator when the caller goes
+        away, which cancels ``<method>``'s generator at its current ``await``.
+
+        Raises:
+            AttributeError: no such public method. What the method raises.
+        """
+        if method.startswith("_"):
+            raise AttributeError(method)
+        target = getattr(self, method)
+        with telemetry.serving(method, context):
+            async for item in target(*args, **kwargs):
+                yield item
+
     async def shadow(self, operation: str, image: bytes | np.ndarray, params: dict, route: list[VariantAddress], primary: Result) -> float | None:
         """Run ``operation`` as the primary did and return the family's agreement with the
         primary's answer (``compare``); the caller never sees this answer."""
@@ -217,6 +267,7 @@ class FamilySpec:
         plan: picks the variants for a request from the one the A/B split (or ``model=``, then
             ``explicit`` is True) chose and every variant's ``info()``; raises the family's
             4xx errors (e.g. a scale no variant serves).
+        listings: read-only ``GET /v1/<family>/<route>`` listings (:class:`Listing`).
     """
 
     name: str
@@ -226,6 +277,7 @@ class FamilySpec:
     operations: tuple[Operation, ...]
     agreement: str | None = None
     plan: Planner = single_variant
+    listings: tuple[Listing, ...] = ()
 
     def operation(self, name: str) -> Operation:
         """The operation called ``name``. Raises KeyError."""

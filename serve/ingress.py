@@ -166,18 +166,34 @@ class Ingress:
             for operation in family.spec.operations:
                 if operation.name == name:
                     return self._handle_method(family.name, operation)
+                if operation.stream and operation.stream_method == name:
+                    return self._stream_method(family.name, operation)
         raise AttributeError(name)
 
     def _handle_method(self, family: str, operation: Operation):
         """``handle.<operation>.remote(image, model=None, caller=None, **params)`` -> the result's
         content (bytes, pixels or a dict); errors are the :mod:`pixelfleet.models.errors` classes."""
 
-        async def method(image: Any, model: str | None = None, caller: str | None = None, **params: Any) -> Any:
+        async def method(image: Any = None, model: str | None = None, caller: str | None = None, **params: Any) -> Any:
             answer = await self.infer(family, operation.name, image, params, model=model, caller=caller)
             return answer.result.content
 
         method.__name__ = method.__qualname__ = operation.name
         method.__doc__ = f"{operation.summary} ({family}; options: {', '.join(operation.params.model_fields)})"
+        return method
+
+    def _stream_method(self, family: str, operation: Operation):
+        """``handle.options(stream=True).<operation>_stream.remote(image=None, model=None,
+        caller=None, **params)`` -> the events (``{"event", "data"}`` dicts), the last one the
+        ``result``; errors are the :mod:`pixelfleet.models.errors` classes."""
+
+        async def method(image: Any = None, model: str | None = None, caller: str | None = None, **params: Any):
+            _, events = await self.open_stream(family, operation.name, image, params, model=model, caller=caller)
+            async for event in events:
+                yield event
+
+        method.__name__ = method.__qualname__ = operation.stream_method
+        method.__doc__ = f"{operation.summary}, streamed ({family})"
         return method
 
     async def run_operation(
@@ -305,6 +321,84 @@ class Ingress:
             raise
         except Exception as err:  # unwrap Ray's wrappers into the error hierarchy
             raise as_pixelfleet_error(err, f"{family.name}/{label}") from None
+
+    async def open_stream(
+        self, family_name: str, operation_name: str, image: Any, params: dict[str, Any], model: str | None = None, caller: str | None = None
+    ) -> tuple[str, Any]:
+        """Start a streamed operation (``Operation.stream``) on the chosen variant and return its
+        label and its events (an async iterator of ``{"event", "data"}`` dicts).
+
+        Validation, the variant choice and the first event happen before this returns, so what
+        the request gets wrong (422, an unknown adapter's 404, ...) raises here, as for
+        :meth:`infer`; later errors end the events with ``{"event": "error", "data": {"error":
+        {"code", "message"}}}``. Closing or cancelling the iterator (the client went away)
+        cancels the generator in the replica. No shadow, no retry, no ``timeout_s``: the caller
+        sees every step and decides.
+
+        Raises: as :meth:`infer`; NotFound for an operation that does not stream.
+        """
+        family = self.family(family_name)
+        try:
+            operation = family.spec.operation(operation_name)
+        except KeyError:
+            raise NotFound(f"family {family_name!r} has no operation {operation_name!r}") from None
+        if not operation.stream:
+            raise NotFound(f"{family_name} {operation_name} is not streamed")
+        options = validate_params(operation, params)
+        chosen, explicit = self.choose(family, model, caller)
+        cards = await self.cards(family)
+        if chosen not in cards:
+            raise family.card_errors.get(chosen) or ModelUnavailable(f"{family.name}/{chosen} does not answer; retry shortly")
+        route = [family.variants[v] for v in family.spec.plan(operation, options, chosen, explicit, cards)]
+        label = "+".join(address.variant for address in route)
+        telemetry.annotate(variant=label)
+        handle = family.handle(route[0].variant).options(stream=True)
+        generator = handle.invoke_stream.remote(
+            operation.stream_method, image, options.model_dump(mode="json"), route, context=self._context(family, route[0].variant)
+        )
+        started = time.monotonic()
+        try:
+            first = await generator.__anext__()
+        except StopAsyncIteration:
+            raise InternalError(f"{family.name}/{label} sent no events") from None
+        except asyncio.CancelledError:
+            generator.cancel()
+            raise
+        except Exception as err:
+            error = as_pixelfleet_error(err, f"{family.name}/{label}")
+            metrics.record_request(family.name, label, operation.stream_method, error.status, time.monotonic() - started)
+            raise error from None
+
+        async def events():
+            status = 200
+            try:
+                yield first
+                async for event in generator:
+                    yield event
+            except (asyncio.CancelledError, GeneratorExit):
+                status = 499  # the client closed the request (nginx's code): not an error of ours
+                generator.cancel()
+                raise
+            except Exception as err:
+                error = as_pixelfleet_error(err, f"{family.name}/{label}")
+                status = error.status
+                yield {"event": "error", "data": {"error": {"code": error.code, "message": error.message}}}
+            finally:
+                metrics.record_request(family.name, label, operation.stream_method, status, time.monotonic() - started)
+
+        return label, events()
+
+    async def listing(self, family_name: str, route: str, model: str | None = None) -> Any:
+        """A family's read-only listing (``FamilySpec.listings``) from ``model`` (default: the
+        family's default variant). Raises NotFound, UnknownModel."""
+        family = self.family(family_name)
+        found = next((item for item in family.spec.listings if item.route == route), None)
+        if found is None:
+            raise NotFound(f"family {family_name!r} has no listing {route!r}")
+        variant = model or family.config.default
+        if variant not in family.variants:
+            raise UnknownModel(f"unknown {family.name} model {variant!r}; served: {', '.join(sorted(family.variants))}")
+        return await self._call(family, variant, getattr(family.handle(variant), found.method).remote())
 
     def _context(self, family: Family, variant: str) -> telemetry.CallContext:
         """Trace context and request id for a call to ``variant`` (``VariantDeployment.invoke``)."""

@@ -14,6 +14,10 @@ Mapping:
   ``[H, W, C]`` pixels (C in 1..4). An image operation answers in kind in its output ``image``
   (BYTES ``[1]`` encoded as ``parameters.format``, or UINT8 ``[H', W', C]``); a JSON operation
   (OCR) answers BYTES ``[1]`` in output ``json``: the UTF-8 JSON text.
+- An operation with a JSON body (``Operation.body == "json"``, e.g. diffusion's ``txt2img``)
+  takes its named images instead (``Operation.images``: ``image``, ``mask``), each BYTES ``[1]``,
+  and options may come as ``[1]`` tensors named as the option too (``prompt`` BYTES ``[1]``:
+  the one input of text-to-image); list and object options may be given as JSON text.
 - The request's ``parameters`` are the operation's options (validated by its pydantic model),
   less Triton's reserved keys (``binary_data_output``, ``priority``, ``timeout``, ``sequence_*``,
   ``headers``, ``triton_*``), ``content_type`` and ``operation``, which picks an operation of the
@@ -105,6 +109,9 @@ def model_metadata(family: "Family") -> dict:
 def _signatures(operation: Operation) -> list[dict]:
     """The input -> output tensor pairs an operation accepts (-1: variable size)."""
     out = OUTPUTS[operation.output]
+    if operation.body == "json":  # named encoded images in, the operation's output out
+        inputs = [{"name": name, "datatype": "BYTES", "shape": [1], "optional": not required} for name, required in operation.images.items()]
+        return [{"inputs": inputs, "output": {"name": out, "datatype": "BYTES", "shape": [1]}}]
     pixels_out = {"name": out, "datatype": "UINT8", "shape": [-1, -1, -1]} if operation.output == "image" else {"name": out, "datatype": "BYTES", "shape": [1]}
     return [
         {"input": {"name": INPUT, "datatype": "BYTES", "shape": [1]}, "output": {"name": out, "datatype": "BYTES", "shape": [1]}},
@@ -154,6 +161,42 @@ def model_input(request: InferenceRequest) -> bytes | np.ndarray:
         f"input {INPUT!r} takes BYTES [1] (an encoded image) or UINT8 [H, W, C] pixels, "
         f"not {tensor.datatype} {list(tensor.shape)}"
     )
+
+
+def named_inputs(operation: Operation, request: InferenceRequest) -> tuple[dict[str, bytes], dict[str, Any]]:
+    """The inputs of a JSON-body operation: its images (``Operation.images``; BYTES ``[1]``, an
+    encoded image each) and options given as tensors (shape ``[1]``, named as the option, e.g.
+    ``prompt`` BYTES ``[1]`` of UTF-8 text, as Triton's text-to-image examples send it; the spec
+    asks for at least one input, and text-to-image has no image).
+
+    Raises:
+        InvalidInput: an input that is neither, another shape, an empty image, text that is
+            not UTF-8, a required image missing.
+    """
+    images: dict[str, bytes] = {}
+    options: dict[str, Any] = {}
+    for tensor in request.inputs:
+        if tensor.name not in operation.images and tensor.name not in operation.params.model_fields:
+            known = sorted(operation.images) + sorted(operation.params.model_fields)
+            raise InvalidInput(f"operation {operation.name!r} takes the inputs {known}, not {tensor.name!r}")
+        if tensor.shape != (1,) or (tensor.name in operation.images and tensor.datatype != "BYTES"):
+            raise InvalidInput(f"input {tensor.name!r} takes one element (shape [1]; BYTES for an image), not {tensor.datatype} {list(tensor.shape)}")
+        value = tensor.data.reshape(-1)[0]
+        if tensor.name in operation.images:
+            if not value:
+                raise InvalidInput(f"input {tensor.name!r} is empty")
+            images[tensor.name] = bytes(value)
+        elif tensor.datatype == "BYTES":
+            try:
+                options[tensor.name] = bytes(value).decode("utf-8")
+            except UnicodeDecodeError:
+                raise InvalidInput(f"input {tensor.name!r} is not UTF-8 text") from None
+        else:
+            options[tensor.name] = value.item()
+    missing = [name for name, required in operation.images.items() if required and name not in images]
+    if missing:
+        raise InvalidInput(f"operation {operation.name!r} needs the input {missing[0]!r}")
+    return images, options
 
 
 def output_tensor(operation: Operation, content: bytes | np.ndarray | dict, media_type: str) -> Tensor:
@@ -230,8 +273,14 @@ def build_router(ingress: "Ingress") -> APIRouter:
         body = decompress(await read_limited(request, limit), request.headers.get("content-encoding"), limit)
         decoded = decode_request(body, request.headers.get(HEADER_LENGTH))
         operation = pick_operation(family, decoded.parameters)
-        image = model_input(decoded)
-        options = operation_options(decoded.parameters)
+        if operation.body == "json":  # named image inputs (maybe none); list/object options as JSON text
+            from pixelfleet.serve.rest_json import parse_structured
+
+            image, given = named_inputs(operation, decoded)
+            options = parse_structured(operation.params, {**operation_options(decoded.parameters), **given})
+        else:
+            image = model_input(decoded)
+            options = operation_options(decoded.parameters)
         try:
             answer = await ingress.infer(family.name, operation.name, image, options, model=version, caller=caller_of(request))
         except Unprocessable as err:  # OIP: a request the model cannot serve is a 400

@@ -21,6 +21,7 @@ import pixelfleet
 from pixelfleet.deployments.telemetry import request_id as serve_request_id
 from pixelfleet.deployments.spec import Operation
 from pixelfleet.models.images import OUTPUT_MEDIA_TYPES
+from pixelfleet.serve.access_log import AccessLogMiddleware
 from pixelfleet.serve.admission import install_admission
 from pixelfleet.serve.auth import Authenticator, install_auth
 from pixelfleet.serve.errors import REQUEST_ID_HEADER, install_error_handlers
@@ -194,9 +195,18 @@ def build_api(ingress: "Ingress") -> FastAPI:
             response.headers[REQUEST_ID_HEADER] = request.state.request_id
         return response
 
+    api.add_middleware(AccessLogMiddleware, request_id=serve_request_id)  # outermost: one console line per request
+
+    from pixelfleet.serve.rest_json import add_json_operation_route, add_listing_route  # here: it imports this module's helpers
+
     for name, family in ingress.families.items():
+        for listing in family.spec.listings:  # before the operations: GET routes beside POST ones
+            add_listing_route(api, ingress, name, listing)
         for operation in family.spec.operations:
-            _add_operation_route(api, ingress, name, operation)
+            if operation.body == "json":  # options and named images in a JSON (or multipart) body
+                add_json_operation_route(api, ingress, name, operation)
+            else:
+                _add_operation_route(api, ingress, name, operation)
     _add_meta_routes(api, ingress)
     _add_admin_routes(api, ingress)
     from pixelfleet.serve.oip import build_router  # here: oip imports this module's helpers
