@@ -85,7 +85,7 @@ class Diffusion(VariantDeployment):
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="diffusion")
         c = self.config
         self.pipes = pipeline.load_pipelines(c.model, c.config, c.allow_pickle, c.device, c.precision, c.cpu_offload, c.attention_slicing)
-        self.model = inspect_model(c.model, self.pipes.cross_attention_dim, self.pipes.architecture)
+        self.model = inspect_model(str(Path(c.model).expanduser()), self.pipes.cross_attention_dim, self.pipes.architecture)
         self.catalog = AdapterCatalog(c.adapters)
         self._loaded: dict[str, str] = {}  # adapter id -> peft adapter name, in the pipeline now (worker thread only)
         self._lora_active = False
