@@ -27,7 +27,7 @@ from datetime import datetime, timedelta, timezone
 from urllib.parse import urlsplit
 
 import httpx
-from pydantic import Field, SecretStr
+from pydantic import ConfigDict, Field, field_validator
 from standardwebhooks import Webhook
 
 from pixelfleet.deployments.spec import Strict
@@ -47,6 +47,8 @@ class WebhookConfig(Strict):
     with ``python -c "import base64, secrets; print('whsec_' + base64.b64encode(secrets.token_bytes(32)).decode())"``).
     """
 
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)  # a refused secret is not echoed
+
     allowed_hosts: list[str] = Field(
         default_factory=list,
         description="callback hosts allowed: 'hooks.example.com', 'hooks.example.com:8443', '*.example.com' "
@@ -56,16 +58,28 @@ class WebhookConfig(Strict):
         default_factory=lambda: [SECRET_ENV],
         description="environment variables holding signing secrets (each one signs; the first set is the current one)",
     )
-    secrets: list[SecretStr] = Field(default_factory=list, description="signing secrets given inline (tests, development)")
+    secrets: list[str] = Field(
+        default_factory=list, repr=False, description="signing secrets given inline (tests, development; use secret_envs otherwise)"
+    )
     require_https: bool = Field(False, description="refuse http:// callback URLs")
     max_attempts: int = Field(8, ge=1, le=50, description="attempts per event before it is given up")
     backoff_s: float = Field(5.0, gt=0, le=3600, description="seconds before the second attempt; doubles each attempt")
     backoff_max_s: float = Field(3600.0, gt=0, le=86400, description="longest wait between attempts, seconds")
     timeout_s: float = Field(10.0, gt=0, le=120, description="seconds an attempt may take")
 
+    @field_validator("secrets")
+    @classmethod
+    def _valid_secrets(cls, secrets: list[str]) -> list[str]:
+        for secret in secrets:
+            try:
+                Webhook(secret)
+            except Exception:  # the library's EmptyWebhookSecretError, binascii.Error
+                raise ValueError("a webhook secret must be whsec_ + base64 of random bytes") from None
+        return secrets
+
     def signing_secrets(self) -> list[str]:
         """The secrets that sign, inline ones first, then the set environment variables."""
-        found = [s.get_secret_value() for s in self.secrets]
+        found = list(self.secrets)
         found += [os.environ[name] for name in self.secret_envs if os.environ.get(name)]
         return found
 
@@ -203,10 +217,14 @@ async def deliver_due(store, config: WebhookConfig, client: httpx.AsyncClient, l
             continue
         attempt = len(await asyncio.to_thread(store.deliveries, job.id)) + 1
         body = event_body(COMPLETED if job.state == SUCCEEDED else FAILED, job.public(), job.finished_at or job.updated_at)
+        now = utcnow()
         try:
-            outcome = await send(client, job.callback_url, message_id(job.id), body, config, attempt, utcnow())
-        except ValueError as err:  # no signing secret configured: nothing can be delivered
-            outcome = Attempt(None, str(err), None)
+            outcome = await send(client, job.callback_url, message_id(job.id), body, config, attempt, now)
+        except Exception as err:  # no usable signing secret (ValueError, the library's errors): retried on schedule
+            logger.error("webhook of job %s cannot be signed: %s", job.id, type(err).__name__)
+            wait = config.delay(attempt)
+            outcome = Attempt(None, "the webhook could not be signed (no valid signing secret configured)",
+                              None if wait is None else now + timedelta(seconds=wait))  # fmt: skip
         await asyncio.to_thread(store.record_delivery, job.id, outcome.status_code, outcome.error, outcome.next_attempt_at, outcome.delivered)
         if outcome.error:
             logger.info("webhook of job %s, attempt %d: %s; next at %s", job.id, attempt, outcome.error, outcome.next_attempt_at)

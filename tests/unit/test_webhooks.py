@@ -11,6 +11,7 @@ import threading
 import time
 from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import ClassVar
 
 import httpx
 import pytest
@@ -39,6 +40,9 @@ def test_signature_verifies_with_the_library_and_rotates() -> None:
         Webhook(SECRET).verify(body, stale)
     with pytest.raises(ValueError):
         sign("msg_abc", now, body, [])
+    with pytest.raises(ValueError) as err:  # e.g. a masked "**********": refused when the config loads, not echoed
+        WebhookConfig(secrets=["**********"])
+    assert "****" not in str(err.value)
 
 
 @pytest.mark.parametrize(
@@ -80,9 +84,9 @@ class _Receiver(BaseHTTPRequestHandler):
     """Answers 503 to the first ``fail`` requests, then 204; keeps what it got."""
 
     fail = 2
-    got: list[tuple[dict, bytes]] = []
+    got: ClassVar[list[tuple[dict, bytes]]] = []
 
-    def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+    def do_POST(self) -> None:  # http.server's method name
         body = self.rfile.read(int(self.headers["Content-Length"]))
         type(self).got.append((dict(self.headers), body))
         self.send_response(503 if len(self.got) <= self.fail else 204)
@@ -144,7 +148,7 @@ def test_store_driven_delivery_fails_twice_then_succeeds(tmp_path, receiver) -> 
 
 
 def test_delivery_gives_up_and_refuses_a_host_taken_off_the_list(tmp_path, receiver) -> None:
-    from pixelfleet.jobs.store import JobStore, NewJob, request_hash
+    from pixelfleet.jobs.store import JobStore, NewJob
 
     url, handler = receiver
     handler.fail = 10
