@@ -173,8 +173,9 @@ def test_cancel_a_queued_job_and_list_in_pages(client):
 
 @pytest.fixture(scope="module")
 def jobs_app(app_url, tmp_path_factory):
-    """``(schema, url, store file)`` of app ``jobsapp`` beside the session's: short leases and
-    backoff, so lost workers and retries show within seconds."""
+    """``(schema, url, store file)`` of app ``jobsapp`` beside the session's: two worker replicas
+    that run one job at a time each, short leases and backoff, so lost workers and retries show
+    within seconds."""
     from ray.serve.schema import ServeApplicationSchema
 
     state = tmp_path_factory.mktemp("jobsapp")
@@ -182,12 +183,16 @@ def jobs_app(app_url, tmp_path_factory):
         name=APP, route_prefix=f"/{APP}", import_path="pixelfleet.serve.app:build_app",
         runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}},
         args={
-            "families": {"invert": {"kind": INVERT_KIND, "default": "slow", "variants": {"a": {}, "slow": {"delay_s": 2.0}}}},
+            "families": {"invert": {"kind": INVERT_KIND, "default": "slow", "variants": {"slow": {"delay_s": 2.0}}}},
             "state": {"path": str(state / "state.json")},
-            "jobs": {"enabled": True, "lease_s": 2, "heartbeat_s": 0.5, "poll_interval_s": 0.2, "concurrency": 2,
+            "jobs": {"enabled": True, "lease_s": 2, "heartbeat_s": 0.5, "poll_interval_s": 0.2, "concurrency": 1,
                      "max_attempts": 3, "backoff_s": 0.2},
         },
-        deployments=[{"name": n, "ray_actor_options": {"num_cpus": 0}} for n in ("Ingress", "invert-a", "invert-slow", "JobWorker")],
+        deployments=[
+            {"name": "Ingress", "ray_actor_options": {"num_cpus": 0}},
+            {"name": "invert-slow", "ray_actor_options": {"num_cpus": 0}},
+            {"name": "JobWorker", "num_replicas": 2, "ray_actor_options": {"num_cpus": 0}},  # one job at a time each
+        ],
     )  # fmt: skip
     with beside_session(app):
         yield app, f"{app_url}/{APP}", state / "jobs.sqlite"
@@ -199,27 +204,35 @@ def http(jobs_app):
         yield client
 
 
-def kill_worker_replica() -> None:
+def kill_worker_of(job_id: str, database: Path) -> None:
+    """``ray.kill`` the worker replica that holds ``job_id``'s lease (read from the store: the
+    worker id begins with the replica's id)."""
     import ray
 
+    from pixelfleet.jobs.store import JobStore
     from pixelfleet.ray_private import replica_actor, running_replicas
 
-    replicas = running_replicas(APP, "JobWorker")
-    assert len(replicas) == 1, replicas
-    ray.kill(replica_actor(replicas[0].actor_name), no_restart=True)
+    store = JobStore(f"sqlite:///{database}")
+    try:
+        holder = store.get(job_id).lease_owner
+    finally:
+        store.close()
+    victim = [r for r in running_replicas(APP, "JobWorker") if holder and holder.startswith(f"{r.replica_id}-")]
+    assert len(victim) == 1, (holder, running_replicas(APP, "JobWorker"))
+    ray.kill(replica_actor(victim[0].actor_name), no_restart=True)
 
 
-def test_a_job_survives_the_death_of_its_worker_replica(http):
+def test_a_job_survives_the_death_of_its_worker_replica(jobs_app, http):
     job = http.post("/v1/jobs", json=invert_job(model="slow"), headers=headers_of("survivor")).json()
     wait_for(http, job["id"], "survivor", {"running"})
-    kill_worker_replica()  # mid-job: the slow variant takes 2 s
+    kill_worker_of(job["id"], jobs_app[2])  # mid-job: the slow variant takes 2 s
     done = wait_for(http, job["id"], "survivor", TERMINAL, timeout_s=90)
-    assert done["state"] == "succeeded" and done["attempts"] >= 2  # run again after the lease expired
+    assert done["state"] == "succeeded" and done["attempts"] >= 2  # run again (by the other replica) once the lease expired
     assert_inverted(http, job["id"], "survivor")
 
 
 def test_transient_failures_are_retried_then_the_job_fails_with_the_error_kept(http):
-    job = http.post("/v1/jobs", json=invert_job(params={"fail": True}), headers=headers_of("retried")).json()
+    job = http.post("/v1/jobs", json=invert_job(model="slow", params={"fail": True}), headers=headers_of("retried")).json()
     done = wait_for(http, job["id"], "retried", TERMINAL)
     assert (done["state"], done["attempts"], done["error"]["code"]) == ("failed", 3, "internal_error")
     assert "/srv/secret" not in json.dumps(done)
@@ -255,7 +268,6 @@ def test_jobs_queued_and_running_survive_a_restart_of_the_whole_app(jobs_app, ht
         done = wait_for(http, job_id, "restarted", TERMINAL, timeout_s=120)
         assert done["state"] == "succeeded", done
         seen[job_id] = (done["finished_at"], assert_inverted(http, job_id, "restarted"))
-    time.sleep(3)  # longer than a lease: a run that lost its job would have finished by now
     for job_id in ids:
         again = http.get(f"/v1/jobs/{job_id}", headers=headers_of("restarted")).json()
         assert (again["state"], again["finished_at"]) == ("succeeded", seen[job_id][0])
