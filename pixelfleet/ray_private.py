@@ -96,3 +96,24 @@ def running_replicas(app: str, deployment: str) -> list:
     application = details.applications.get(app)
     found = application.deployments.get(deployment) if application is not None else None
     return [r for r in found.replicas if r.state == ReplicaState.RUNNING] if found is not None else []
+
+
+def print_worker_lines(select) -> None:
+    """Make this driver print only the lines of its Ray workers' output that ``select`` (a
+    function: line -> text or None) maps to text, as that text, without Ray's ``(pid=...)``
+    prefix; the others stay in the workers' log files only. Needs ``ray.init(log_to_driver=True)``;
+    it replaces that printer (the dispatcher handler ``ray_print_logs``, which ``ray.shutdown``
+    removes again).
+    """
+    import sys
+
+    from ray._private.worker import global_worker_stdstream_dispatcher
+
+    def print_selected(data: dict) -> None:
+        for line in data.get("lines", ()):
+            text = select(line)
+            if text is not None:
+                print(text, file=sys.stdout, flush=True)
+
+    global_worker_stdstream_dispatcher.remove_handler("ray_print_logs")
+    global_worker_stdstream_dispatcher.add_handler("ray_print_logs", print_selected)

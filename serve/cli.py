@@ -241,6 +241,7 @@ def up(
     insecure: bool = typer.Option(
         False, "--insecure", help="serve on a non-loopback host without auth (refused otherwise: exit 2; README, Security)"
     ),
+    verbose: bool = typer.Option(False, "--verbose", help="print Ray's own logs too (default: one line per request; Ray's logs in its log files)"),
 ) -> None:
     """Start a local Ray in this process, deploy the app, and serve until Ctrl-C or SIGTERM.
 
@@ -248,7 +249,7 @@ def up(
     from pixelfleet.serve.runner import run_local
 
     raise typer.Exit(
-        run_local(config, host=host, port=port, dashboard=dashboard, timeout_s=timeout, num_cpus=num_cpus, insecure=insecure)
+        run_local(config, host=host, port=port, dashboard=dashboard, timeout_s=timeout, num_cpus=num_cpus, insecure=insecure, verbose=verbose)
     )
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import atexit
 import getpass
 import json
+import logging
 import os
 import signal
 import tempfile
@@ -32,7 +33,9 @@ from ray import serve
 from ray.serve.schema import ApplicationStatus, ServeDeploySchema
 from rich.console import Console
 
+from pixelfleet.ray_private import print_worker_lines
 from pixelfleet.serve import control
+from pixelfleet.serve.access_log import console_line
 
 console = Console(soft_wrap=True)  # never break a URL or a path across lines
 SERVE_NAMESPACE = "serve"
@@ -211,14 +214,18 @@ def start_local(
     timeout_s: float = 900.0,
     num_cpus: int | None = None,
     announce: Path | None = None,
+    verbose: bool = True,
 ) -> str:
     """Start a local Ray in this process, submit ``schema`` and wait until every app runs.
 
     ``num_cpus``: the logical CPUs Ray announces (default: the machine's); the replicas reserve
     theirs from these, and what they leave is free for other jobs, such as a training run that
     joins. ``announce``: a file to announce the cluster in (:func:`announce_cluster`), for
-    ``pixelfleet train srgan`` to join; None announces nothing. Both apply only when this call
-    starts Ray.
+    ``pixelfleet train srgan`` to join; None announces nothing. ``verbose``: False keeps Ray's own
+    log lines (driver INFO, Serve's replica and proxy logs, every worker's output) in Ray's log
+    files (``/tmp/ray/session_latest/logs``) and prints only the access lines
+    (``serve/access_log.py``); True prints everything as Ray does. All three apply only when this
+    call starts Ray.
 
     Returns the HTTP base URL. Raises what :func:`wait_until_running` raises, and OSError when
     the announcement cannot be written.
@@ -227,7 +234,15 @@ def start_local(
     # and the proxy is then killed and restarted in a loop. Local Ray inherits this environment.
     os.environ.setdefault("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "30")
     if not ray.is_initialized():
-        context = ray.init(include_dashboard=dashboard, namespace=SERVE_NAMESPACE, log_to_driver=True, num_cpus=num_cpus)
+        if not verbose:  # Serve's replicas, proxy and controller log to their files only
+            os.environ.setdefault("RAY_SERVE_LOG_TO_STDERR", "0")
+            logging.getLogger("ray.serve").setLevel(logging.WARNING)
+        context = ray.init(
+            include_dashboard=dashboard, namespace=SERVE_NAMESPACE, log_to_driver=True, num_cpus=num_cpus,
+            logging_level=logging.INFO if verbose else logging.WARNING,
+        )
+        if not verbose:
+            print_worker_lines(console_line)
         if announce is not None:
             announce_cluster(announce, context.dashboard_url)
     schema = with_added_variants(schema)
@@ -239,7 +254,7 @@ def start_local(
 
 def run_local(
     config: Path, host: str | None, port: int | None, dashboard: bool, timeout_s: float, num_cpus: int | None = None,
-    insecure: bool = False,
+    insecure: bool = False, verbose: bool = False,
 ) -> int:
     """Start Ray (``num_cpus`` logical CPUs, default the machine's) and the app, announce the
     cluster for training runs to join (:func:`cluster_file`); block until interrupted. Returns
@@ -258,13 +273,14 @@ def run_local(
     signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         with console.status(f"starting Ray and deploying {', '.join(names)} from {config}"):
-            url = start_local(schema, dashboard, timeout_s, num_cpus=num_cpus, announce=cluster_file())
+            url = start_local(schema, dashboard, timeout_s, num_cpus=num_cpus, announce=cluster_file(), verbose=verbose)
         signal.signal(signal.SIGTERM, _raise_interrupt)  # again: ray.init installs its own handler
         console.print(f"[bold green]pixelfleet is serving at {url}[/] (ready in {time.monotonic() - started:.1f} s; OpenAPI at {url}/docs)")
         console.print(auth_line)
         for name in names:
             _print_models(name)
         _print_free_cpus()
+        console.print("One line per request: method, route, status, variant, ms, request id" + ("" if verbose else " (Ray's own logs: /tmp/ray/session_latest/logs; --verbose prints them)"))
         console.print("Press Ctrl-C to stop.")
         while True:
             time.sleep(1)
@@ -294,7 +310,7 @@ def _print_models(app_name: str) -> None:
         for variant, info in entry["variants"].items():
             weight = entry["traffic"]["weights"].get(variant, 0.0)
             share = f", traffic weight {weight:g}" if weight else ""
-            summary = ", ".join(f"{k} {info[k]}" for k in ("scale", "engine", "weights", "precision") if info.get(k) is not None)
+            summary = ", ".join(f"{k} {info[k]}" for k in ("scale", "engine", "weights", "device", "precision") if info.get(k) is not None)
             console.print(f"  {family}/{variant}{' (default)' if variant == entry['default'] else ''}: {summary}{share}")
 
 
