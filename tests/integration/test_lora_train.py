@@ -1,8 +1,8 @@
 """`pixelfleet train lora` end to end: a real (tiny) Ray Train run in a subprocess that joins the
 test session's cluster by itself, trains an adapter for the tiny pipeline of tests/tinysd.py on
-captioned images made here, and writes it where the session app's diffusion variant finds its
-adapters; then the running app serves it by id without a restart. A run that does not fit beside
-the replicas is refused."""
+captioned images made here, and writes it into the adapters folder of a diffusion variant that
+already runs (an app beside the session's, deployed while the run trains); the app then serves
+it by id without a restart. A run that does not fit beside the replicas is refused."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ import io
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +31,7 @@ pytestmark = pytest.mark.integration
 EXAMPLE_CONFIG = "train/configs/lora.yaml"
 ADAPTER = "blob-style"
 PROMPT = "a photo of blob number 1"
+SERVE_APP = "loraapp"
 
 
 def write_captioned(folder: Path, count: int) -> Path:
@@ -37,17 +40,6 @@ def write_captioned(folder: Path, count: int) -> Path:
         Image.fromarray(synthetic_photo(24, 32, seed=i)).save(folder / f"{i}.png")
         (folder / f"{i}.txt").write_text(f"a photo of blob number {i}")
     return folder
-
-
-def session_adapters_folder(tmp_path_factory) -> Path:
-    """The adapters folder of the session app's diffusion variant, where the family is served;
-    else a folder of this test's own (the adapter is then checked in-process)."""
-    from tests.integration import conftest
-
-    folder = getattr(conftest, "DIFFUSION_ADAPTERS", None)
-    if folder is not None:
-        return Path(folder(tmp_path_factory) if callable(folder) else folder)
-    return tmp_path_factory.mktemp("lora-adapters")
 
 
 def overrides(tiny_folder: Path, data: Path, output: Path, storage: Path) -> list[str]:
@@ -61,21 +53,65 @@ def overrides(tiny_folder: Path, data: Path, output: Path, storage: Path) -> lis
     return [arg for key, value in pairs.items() for arg in ("--set", f"{key}={value}")]
 
 
+def diffusion_family_present() -> bool:
+    """Whether this tree holds the diffusion family (deployments/diffusion exports a SPEC)."""
+    try:
+        from pixelfleet.deployments.diffusion import SPEC  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@contextmanager
+def diffusion_app(tiny_folder: Path, adapters: Path, state: Path) -> Iterator[str | None]:
+    """App ``loraapp`` beside the session's (route prefix ``/loraapp``): one diffusion variant
+    ``tiny`` on the tiny pipeline whose adapters come from ``adapters``; yields its base URL path,
+    or None where the tree has no diffusion family."""
+    if not diffusion_family_present():
+        yield None
+        return
+    from ray.serve.schema import ServeApplicationSchema
+
+    from tests.integration.apps import beside_session
+
+    variant = {"model": str(tiny_folder), "adapters": [str(adapters)], "max_width": 64, "max_height": 64, "num_threads": 1, "warmup": False}
+    app = ServeApplicationSchema(
+        name=SERVE_APP, route_prefix=f"/{SERVE_APP}", import_path="pixelfleet.serve.app:build_app",
+        runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1"}},
+        args={"families": {"diffusion": {"kind": "diffusion", "default": "tiny", "variants": {"tiny": variant}}}, "state": {"path": str(state)}},
+        deployments=[{"name": "Ingress", "ray_actor_options": {"num_cpus": 0}}, {"name": "diffusion-tiny", "ray_actor_options": {"num_cpus": 0}}],
+    )  # fmt: skip
+    with beside_session(app):
+        yield f"/{SERVE_APP}"
+
+
 @pytest.fixture(scope="module")
-def trained_lora(app_url: str, tiny_sd, tmp_path_factory) -> dict:
+def trained_lora(app_url: str, tiny_sd, tmp_path_factory) -> Iterator[dict]:
     """`pixelfleet train lora train/configs/lora.yaml --set ...` in a subprocess that finds and
     joins the session's cluster (no RAY_ADDRESS; the announcement file): 4 steps on 4 captioned
-    16x16 images. Returns the adapter and card paths, the run folder and the command's log."""
+    16x16 images, written into the adapters folder of a diffusion app deployed beside the
+    session's while it trains (so the app runs before the adapter exists). Yields the adapter and
+    card paths, the run folder, the command's log, and the app's path (None without the family)."""
     work = tmp_path_factory.mktemp("lora-train")
     data = write_captioned(work / "data", 4)
-    output = session_adapters_folder(tmp_path_factory)
+    adapters = work / "adapters"
+    adapters.mkdir()
     command = [sys.executable, "-m", "pixelfleet.serve.cli", "train", "lora", EXAMPLE_CONFIG,
-               *overrides(tiny_sd["folder"], data, output, work / "runs")]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=joining_env(tmp_path_factory), cwd=REPO)
-    log = done.stdout + done.stderr
-    (work / "train.log").write_text(log)
-    assert done.returncode == 0, log[-4000:]
-    return {"adapter": output / f"{ADAPTER}.safetensors", "card": output / f"{ADAPTER}.json", "run": work / "runs" / ADAPTER, "log": log}
+               *overrides(tiny_sd["folder"], data, adapters, work / "runs")]  # fmt: skip
+    log_path = work / "train.log"
+    with log_path.open("w") as log_file:
+        training = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, text=True, env=joining_env(tmp_path_factory), cwd=REPO)
+    try:
+        with diffusion_app(tiny_sd["folder"], adapters, work / "state.json") as app_path:
+            returncode = training.wait(timeout=600)
+            log = log_path.read_text()
+            assert returncode == 0, log[-4000:]
+            yield {"adapter": adapters / f"{ADAPTER}.safetensors", "card": adapters / f"{ADAPTER}.json", "run": work / "runs" / ADAPTER,
+                   "log": log, "app": app_path}  # fmt: skip
+    finally:
+        if training.poll() is None:
+            training.kill()
+            training.wait()
 
 
 def test_training_joins_the_serving_cluster_and_writes_an_adapter_with_its_card(trained_lora, tiny_sd):
@@ -109,26 +145,27 @@ def test_training_joins_the_serving_cluster_and_writes_an_adapter_with_its_card(
     assert state["step"] == 4 and state["lr_scheduler"]["last_epoch"] == 4 and len(state["rng"]) == 1
 
 
-def served_image(client, loras: list[dict]) -> np.ndarray:
-    """The session app's diffusion output for a fixed prompt and seed, ``(H, W, 3)`` float32 in [0, 255]."""
+def served_image(client, app_path: str, loras: list[dict]) -> np.ndarray:
+    """The app's diffusion output for a fixed prompt and seed, ``(H, W, 3)`` float32 in [0, 255]."""
     body = {"prompt": PROMPT, "steps": 4, "guidance_scale": 7.5, "width": 16, "height": 16, "seed": 0, "loras": loras}
-    response = client.post("/v1/diffusion/txt2img", json=body)
+    response = client.post(f"{app_path}/v1/diffusion/txt2img", json=body)
     assert response.status_code == 200, response.text
-    payload = response.json()
-    image = payload["images"][0] if "images" in payload else payload["image"]
-    return np.asarray(Image.open(io.BytesIO(base64.b64decode(image))).convert("RGB"), dtype=np.float32)
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(response.json()["images"][0]))).convert("RGB"), dtype=np.float32)
 
 
 def test_the_running_app_serves_the_trained_adapter_by_id_and_it_changes_the_output(trained_lora, client):
-    from tests.integration import conftest
-
-    if getattr(conftest, "DIFFUSION_ADAPTERS", None) is None:
-        pytest.skip("the session app serves no diffusion variant (tests/integration/conftest.py DIFFUSION_ADAPTERS)")
-    base = served_image(client, [])
-    adapted = served_image(client, [{"id": ADAPTER, "scale": 1}])
+    app_path = trained_lora["app"]
+    if app_path is None:
+        pytest.skip("this tree has no diffusion family (deployments/diffusion)")
+    listing = client.get(f"{app_path}/v1/diffusion/loras")
+    assert listing.status_code == 200, listing.text
+    listed = {a["id"]: a for a in listing.json()["adapters"]}[ADAPTER]
+    assert listed["rank"] == 4 and listed["fits"] is True and listed["cross_attention_dim"] == 32
+    base = served_image(client, app_path, [])
+    adapted = served_image(client, app_path, [{"id": ADAPTER, "scale": 1}])
     assert np.abs(adapted - base).mean() > 2.0  # on average over 2 of 255 levels
-    again = served_image(client, [{"id": ADAPTER, "scale": 1}])
-    np.testing.assert_array_equal(again, adapted)  # the same seed and adapter give the same image
+    np.testing.assert_array_equal(served_image(client, app_path, [{"id": ADAPTER, "scale": 1}]), adapted)  # same seed, same image
+    np.testing.assert_array_equal(served_image(client, app_path, [{"id": ADAPTER, "scale": 0}]), base)  # scale 0: the base
 
 
 def test_the_trained_adapter_changes_the_tiny_pipeline_s_output_in_diffusers(trained_lora):

@@ -14,7 +14,8 @@ from pydantic import ValidationError
 from safetensors import safe_open
 
 from pixelfleet.train.lora.config import LoraTrainConfig, load_config
-from pixelfleet.train.lora.data import batch_indices, list_captioned, square_crop, steps_per_epoch
+from pixelfleet.train.lora.data import list_captioned, square_crop
+from pixelfleet.train.lora.sampler import batch_indices, steps_per_epoch
 from pixelfleet.train.lora.loop import read_checkpoint, write_checkpoint
 from pixelfleet.train.lora.model import BaseModelError, read_model_index
 from pixelfleet.train.lora.run import RunStateError, check_run_dir

@@ -1,12 +1,10 @@
-"""Captioned images for LoRA training: listing, Ray Data reading, and the order they are drawn in.
+"""Captioned images for LoRA training: listing them and reading them with Ray Data.
 
 A data folder holds images with their captions beside them: ``cat.png`` and ``cat.txt`` (UTF-8,
 the whole file is the caption), the layout kohya's trainers and diffusers' ``imagefolder`` accept.
 Ray Data reads and decodes the images and resizes them to the run's square
-(:func:`captioned_dataset`); every worker gets the whole (small) set and draws its batches in an
-order that is a pure function of the seed and the step (:func:`batch_indices`, the scheme of
-``torch.utils.data.DistributedSampler``), so a resumed run draws exactly the batches the
-uninterrupted run would have drawn.
+(:func:`captioned_dataset`); every worker gets the whole (small) set and draws its batches by
+``train/lora/sampler.py``. No torch here: Ray Data's tasks import this module.
 """
 
 from __future__ import annotations
@@ -15,7 +13,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image
 
 from pixelfleet.train.sr_data import list_images
@@ -24,6 +21,7 @@ if TYPE_CHECKING:
     import ray.data
 
 DATA_TASK_CPUS = 0.25  # CPUs of each Ray Data read/resize task (train/srgan/run.py keeps DATA_CPUS = 0.5 for them)
+IMAGES_PER_TASK = 64
 
 
 def list_captioned(folders: list[Path]) -> dict[str, str]:
@@ -65,7 +63,7 @@ def captioned_dataset(captions: dict[str, str], resolution: int, center_crop: bo
 
     ``ray.data.read_images`` decodes the files (RGB); a map resizes and crops each to the run's
     square (:func:`square_crop`) and attaches its caption; both run as one task of
-    :data:`DATA_TASK_CPUS` per block. The dataset is not split among the workers: each reads it
+    :data:`DATA_TASK_CPUS` per :data:`IMAGES_PER_TASK` images. The dataset is not split among the workers: each reads it
     all once, at its start. Rows: ``{"path": str, "caption": str,
     "pixels": (R, R, 3) uint8}`` with R = ``resolution`` pixels.
     """
@@ -75,45 +73,10 @@ def captioned_dataset(captions: dict[str, str], resolution: int, center_crop: bo
         path = row["path"]  # as given: the keys must be absolute local paths
         return {"path": path, "caption": captions[path], "pixels": square_crop(row["image"], resolution, center_crop)}
 
-    # a quarter CPU each: the read runs beside the workers, within the CPUs the run keeps for Ray Data
-    images = ray.data.read_images(list(captions), mode="RGB", include_paths=True, ray_remote_args={"num_cpus": DATA_TASK_CPUS})
+    # a quarter CPU each: the read runs beside the workers, within the CPUs the run keeps for Ray Data;
+    # one task per IMAGES_PER_TASK images (a task's start costs more than decoding a few images)
+    blocks = -(-len(captions) // IMAGES_PER_TASK)
+    images = ray.data.read_images(
+        list(captions), mode="RGB", include_paths=True, file_extensions=None, num_cpus=DATA_TASK_CPUS, override_num_blocks=blocks
+    )
     return images.map(example, num_cpus=DATA_TASK_CPUS)
-
-
-def steps_per_epoch(examples: int, world_size: int, per_worker: int) -> int:
-    """Batches each worker draws per pass over ``examples`` images (a partial batch is dropped).
-
-    Raises:
-        ValueError: fewer images than one step needs.
-    """
-    per_rank = -(-examples // world_size)  # DistributedSampler pads the ranks to equal shares
-    if per_rank < per_worker:
-        raise ValueError(
-            f"{examples} images cannot fill one step of {per_worker} images on each of {world_size} workers: "
-            "add images or lower optim.batch_size"
-        )
-    return per_rank // per_worker
-
-
-def batch_indices(step: int, examples: int, rank: int, world_size: int, per_worker: int, seed: int) -> list[int]:
-    """The example indices rank ``rank`` trains on at optimizer step ``step`` (0-based).
-
-    Each epoch is a permutation of the examples drawn from ``seed + epoch``; as
-    ``DistributedSampler`` does, it is padded by repeating its head to a multiple of
-    ``world_size`` and dealt to the ranks round-robin. The result depends on nothing but the
-    arguments: the same step gives the same batch in a run that resumed.
-    """
-    per_epoch = steps_per_epoch(examples, world_size, per_worker)
-    epoch, index = divmod(step, per_epoch)
-    order = torch.randperm(examples, generator=torch.Generator().manual_seed(seed + epoch)).tolist()
-    per_rank = -(-examples // world_size)
-    order += order[: per_rank * world_size - examples]
-    mine = order[rank::world_size]
-    return mine[index * per_worker : (index + 1) * per_worker]
-
-
-def to_model_input(pixels: list[np.ndarray], flips: torch.Tensor) -> torch.Tensor:
-    """``(R, R, 3)`` uint8 images -> ``(N, 3, R, R)`` float32 in [-1, 1] (the VAE's range), each
-    flipped left-right where ``flips`` (``(N,)`` bool) says so."""
-    batch = torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
-    return torch.where(flips[:, None, None, None], batch.flip(-1), batch).contiguous()

@@ -24,7 +24,8 @@ from ray.train.torch import TorchTrainer
 
 from pixelfleet.train.lora.card import LoraCard, sha256_file, write_card
 from pixelfleet.train.lora.config import LoraTrainConfig, changed_training_fields
-from pixelfleet.train.lora.data import captioned_dataset, list_captioned, steps_per_epoch
+from pixelfleet.train.lora.data import captioned_dataset, list_captioned
+from pixelfleet.train.lora.sampler import steps_per_epoch
 from pixelfleet.train.lora.loop import train_loop_per_worker
 from pixelfleet.train.lora.model import read_model_index
 from pixelfleet.train.srgan.run import (

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from pixelfleet.train.lora.config import LoraTrainConfig
-from pixelfleet.train.lora.data import batch_indices, to_model_input
+from pixelfleet.train.lora.sampler import batch_indices, to_model_input
 from pixelfleet.train.lora.model import SDParts, add_adapters, load_parts
 from pixelfleet.train.srgan.steps import Precision, resolve_precision
 
