@@ -85,6 +85,11 @@ def test_the_base_must_be_an_sd1_or_sd2_diffusers_folder(tmp_path: Path, tiny_sd
     (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionXLPipeline"}))
     with pytest.raises(BaseModelError, match="StableDiffusionXLPipeline"):
         read_model_index(tmp_path)
+    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
+    (tmp_path / "unet").mkdir()
+    (tmp_path / "unet" / "config.json").write_text(json.dumps({"in_channels": 9}))
+    with pytest.raises(BaseModelError, match="takes 9 latent channels"):
+        read_model_index(tmp_path)
 
 
 @pytest.fixture(scope="module")

@@ -51,8 +51,9 @@ def read_model_index(folder: Path) -> dict:
     """``model_index.json`` of a diffusers folder, checked to be a pipeline this trainer adapts.
 
     Raises:
-        BaseModelError: not a folder, no ``model_index.json``, or another pipeline class (e.g.
-            SDXL's two text encoders).
+        BaseModelError: not a folder, no ``model_index.json``, another pipeline class (e.g.
+            SDXL's two text encoders), or a UNet that does not take 4 latent channels (an
+            inpainting model; ``unet/config.json``).
     """
     index = folder / "model_index.json"
     if not index.is_file():
@@ -60,6 +61,10 @@ def read_model_index(folder: Path) -> dict:
     spec = json.loads(index.read_text())
     if spec.get("_class_name") not in PIPELINE_CLASSES:
         raise BaseModelError(f"base_model {folder} holds a {spec.get('_class_name')}; LoRA training takes {', '.join(PIPELINE_CLASSES)} (SD 1.x/2.x)")
+    unet_config = folder / "unet" / "config.json"
+    channels = json.loads(unet_config.read_text()).get("in_channels") if unet_config.is_file() else None
+    if channels != 4:
+        raise BaseModelError(f"base_model {folder}: its UNet takes {channels} latent channels (inpainting?); LoRA training takes 4")
     return spec
 
 
@@ -67,8 +72,7 @@ def load_parts(folder: Path) -> SDParts:
     """Load the tokenizer, text encoder, VAE, UNet and schedulers of ``folder`` (offline, float32).
 
     Raises:
-        BaseModelError: see :func:`read_model_index`; or the UNet does not take 4 latent channels
-            (an inpainting model).
+        BaseModelError: see :func:`read_model_index`.
     """
     import diffusers
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
@@ -76,8 +80,6 @@ def load_parts(folder: Path) -> SDParts:
 
     spec = read_model_index(folder)
     unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", local_files_only=True)
-    if unet.config.in_channels != 4:
-        raise BaseModelError(f"base_model {folder}: its UNet takes {unet.config.in_channels} channels (inpainting?); LoRA training takes 4")
     scheduler_class = getattr(diffusers, spec["scheduler"][1])
     return SDParts(
         folder=folder,
