@@ -275,13 +275,13 @@ def build_router(ingress: "Ingress") -> APIRouter:
 
     @router.get("/{job_id}/result", response_class=Response, responses={200: {"content": {"image/png": {}, "application/json": {}}}})
     async def job_result(job_id: str, request: Request) -> Response:
-        """The result: the image's bytes (or the operation's JSON); a batch's or video's summary
-        JSON. 409 until the job has succeeded."""
+        """The result: the image's bytes (or the operation's JSON); a video's bytes; a batch's
+        summary JSON (its manifest's URL). 409 until the job has succeeded."""
         job = await asyncio.to_thread(jobs.owned, job_id, owner_of(request))
         if job.state != SUCCEEDED:
             raise Conflict(f"job {job_id} is {job.state}; its result exists once it has succeeded")
         headers = {VARIANT_HEADER: job.variant} if job.variant else {}
-        if job.operation in COMPOSITE or job.result_url is None:
+        if job.operation == "batch" or job.result_url is None:
             return JSONResponse(job.result or {}, headers=headers)
         data = await asyncio.to_thread(jobs.storage.read_bytes, job.result_url, 1 << 40)
         return Response(data, media_type=job.result_media_type, headers=headers)

@@ -34,6 +34,8 @@ INVERT_KIND = "tests.families.invert:SPEC"
 ONNX_VARIANT = "srresnet-x4-onnx"
 SESSION_CPUS = 4  # logical CPUs of the session's Ray; local.yaml's replicas reserve 2 of them
 ENSEMBLE_VARIANT = "srresnet-x4-ensemble"
+S3_INPUTS = "pixelfleet-inputs"  # a bucket of the session's S3 server (moto), a storage root of its jobs
+WEBHOOK_SECRET = "whsec_cGl4ZWxmbGVldC10ZXN0LXdlYmhvb2stc2VjcmV0LTMyYg=="  # signs the session's job webhooks
 
 
 def _free_port() -> int:
@@ -50,7 +52,17 @@ def otlp_receiver() -> Iterator[OtlpReceiver]:
 
 
 @pytest.fixture(scope="session")
-def app_url(tmp_path_factory, otlp_receiver) -> Iterator[str]:
+def s3_options() -> Iterator[dict]:
+    """A local S3 server (moto's server mode, in this process) holding bucket :data:`S3_INPUTS`:
+    the fsspec ``s3`` options that reach it (the session's job storage reads inputs from it)."""
+    from tests.s3_server import s3_server
+
+    with s3_server(S3_INPUTS) as options:
+        yield options
+
+
+@pytest.fixture(scope="session")
+def app_url(tmp_path_factory, otlp_receiver, s3_options) -> Iterator[str]:
     import ray
     from ray import serve
     from ray.serve.schema import DeploymentSchema
@@ -60,6 +72,12 @@ def app_url(tmp_path_factory, otlp_receiver) -> Iterator[str]:
     app.args["limits"] = {"max_body_bytes": MAX_BODY_BYTES, "max_pixels": MAX_PIXELS, "max_output_pixels": MAX_OUTPUT_PIXELS}
     app.args["tracing"] = {"otlp_endpoint": otlp_receiver.endpoint}
     app.args["state"] = {"path": str(tmp_path_factory.mktemp("state") / "state.json")}
+    jobs_folder = Path(app.args["state"]["path"]).parent / "jobs"  # jobs' default storage, plus an S3 root and webhooks to 127.0.0.1
+    app.args["jobs"] = {
+        **app.args.get("jobs", {}),
+        "storage": {"roots": [str(jobs_folder / "files"), f"s3://{S3_INPUTS}"], "results": str(jobs_folder / "results"), "options": {"s3": s3_options}},
+        "webhooks": {"allowed_hosts": ["127.0.0.1"], "secrets": [WEBHOOK_SECRET], "backoff_s": 0.2},
+    }  # fmt: skip
     app.args["families"]["superres"]["variants"][ONNX_VARIANT] = {
         "weights": "builtin:srresnet-x4", "backend": "onnx", "tile_size": 64, "overlap": 16, "max_batch_size": 2, "num_threads": 1,
     }  # fmt: skip
