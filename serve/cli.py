@@ -128,6 +128,7 @@ def train_lora(
     from pixelfleet.train.lora.config import load_config
     from pixelfleet.train.lora.model import BaseModelError
     from pixelfleet.train.lora.run import ClusterFullError, RunStateError, run
+    from pixelfleet.train.lora.sampler import NotEnoughImagesError
     from pixelfleet.train.srgan.config import parse_assignment
 
     try:
@@ -141,7 +142,7 @@ def train_lora(
     try:
         join, source = cluster_to_join(address)
         card = run(cfg, _command_line(), resume=resume, address=join, address_source=source)
-    except (RunStateError, BaseModelError, FileNotFoundError, ClusterFullError) as err:
+    except (RunStateError, BaseModelError, FileNotFoundError, ClusterFullError, NotEnoughImagesError) as err:
         typer.echo(str(err), err=True)
         raise typer.Exit(2) from None
     except ConnectionError as err:

@@ -194,3 +194,22 @@ def test_a_fresh_run_over_an_existing_one_and_a_resume_with_changed_training_fie
     changed = cfg.model_copy(update={"optim": cfg.optim.model_copy(update={"steps": 8}), "checkpoint_every": 2})
     with pytest.raises(RunStateError, match="differ from .*: optim$"):
         check_run_dir(changed, resume=True)
+
+
+def test_the_command_refuses_a_bad_config_base_or_data_with_exit_2_before_ray_starts(tiny_sd, tmp_path: Path):
+    import ray
+    from typer.testing import CliRunner
+
+    from pixelfleet.serve.cli import app
+
+    data = write_captioned(tmp_path / "data", 1)
+    args = ["train", "lora", str(EXAMPLE_CONFIG), "--set", f"data.train=[{data}]", "--set", f"storage_path={tmp_path / 'runs'}"]
+    cases = [
+        (["--set", "optim.stepz=3"], "invalid run config:\n  optim.stepz: Extra inputs are not permitted"),
+        (["--set", f"base_model={tmp_path}"], f"base_model {tmp_path} is not a diffusers folder"),
+        (["--set", f"base_model={tiny_sd['folder']}", "--set", "optim.batch_size=2"], "1 images cannot fill one step of 2 images"),
+    ]
+    for extra, message in cases:
+        result = CliRunner().invoke(app, [*args, *extra])
+        assert result.exit_code == 2 and message in result.output, result.output
+    assert not ray.is_initialized() and not (tmp_path / "runs").exists()

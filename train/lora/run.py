@@ -86,7 +86,7 @@ def run(cfg: LoraTrainConfig, command: str, resume: bool = False, address: str |
         RunStateError: see :func:`check_run_dir`.
         BaseModelError: ``base_model`` is not an SD 1.x/2.x diffusers folder.
         FileNotFoundError: a data folder is missing or empty, or an image has no caption.
-        ValueError: fewer images than one step's batch.
+        NotEnoughImagesError: fewer images than one step's batch.
         ClusterFullError: the run does not fit the cluster's free resources.
         ConnectionError: no Ray cluster answers at ``address``.
         ray.train.TrainingFailedError: a worker failed.

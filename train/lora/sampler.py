@@ -12,15 +12,19 @@ import numpy as np
 import torch
 
 
+class NotEnoughImagesError(ValueError):
+    """Fewer images than one step's batch needs."""
+
+
 def steps_per_epoch(examples: int, world_size: int, per_worker: int) -> int:
     """Batches each worker draws per pass over ``examples`` images (a partial batch is dropped).
 
     Raises:
-        ValueError: fewer images than one step needs.
+        NotEnoughImagesError: fewer images than one step needs.
     """
     per_rank = -(-examples // world_size)  # DistributedSampler pads the ranks to equal shares
     if per_rank < per_worker:
-        raise ValueError(
+        raise NotEnoughImagesError(
             f"{examples} images cannot fill one step of {per_worker} images on each of {world_size} workers: "
             "add images or lower optim.batch_size"
         )
