@@ -268,9 +268,11 @@ async def run_video(ctx: JobContext, storage: Storage) -> WorkResult:
         rate = Fraction(stream.average_rate or stream.guessed_rate or 25)
         codec = video.codec or stream.codec_context.name
         encoder(codec)
-        total = stream.frames  # from the container's header; else estimated from its duration
+        total = stream.frames  # from the container's header; else estimated from the stream's or the file's duration
         if not total and stream.duration is not None:
             total = int(float(stream.duration * stream.time_base) * rate)
+        if not total and container.duration is not None:
+            total = int(container.duration / av.time_base * rate)
         run = _Chunker(ctx, storage, video, folder, state)
         skip_to, pending, index = state["frames"], [], -1
         try:

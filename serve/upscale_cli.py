@@ -195,13 +195,21 @@ def run_remote(paths: list[Path], options: Options, url: str, on_progress: Calla
         files = image_files(paths)
         options.out.mkdir(parents=True, exist_ok=True)
         pending: dict[str, tuple[str, Path, float]] = {}
+        lines: dict[str, str] = {}
+        counts = {"ok": 0, "failed": 0}
         for name, path in files:
             data = path.read_bytes()
             body = {"family": "superres", "operation": "upscale", "params": options.params(), **model}
-            job = client.submit({**body, "input": {"data": base64.b64encode(data).decode()}}, idempotency_key(data, body))
+            try:
+                job = client.submit({**body, "input": {"data": base64.b64encode(data).decode()}}, idempotency_key(data, body))
+            except AdminError as err:
+                if err.status >= 500 or err.status in (401, 403, 429):  # the app's or the caller's problem, not this file's
+                    raise
+                counts["failed"] += 1  # refused at submit (too large, say): this item only
+                lines[name] = manifest_line(str(path), None, {"code": err.code or "refused", "message": err.message}, None, 0.0)
+                on_progress(len(lines), len(files), "items")
+                continue
             pending[job["id"]] = (name, path, time.monotonic())
-        lines: dict[str, str] = {}
-        counts = {"ok": 0, "failed": 0}
 
         def done(tag: tuple[str, Path, float], job: dict) -> None:
             name, path, started = tag
