@@ -25,14 +25,13 @@ from typing import TYPE_CHECKING, Any
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.sse import format_sse_event
-from pydantic import BaseModel
-from starlette.datastructures import UploadFile
-from starlette.formparsers import MultiPartException, MultiPartParser
-
 from pixelfleet.deployments.spec import Listing, Operation
 from pixelfleet.models.errors import InvalidInput, Unprocessable, UnsupportedMediaType
 from pixelfleet.serve.rest import VARIANT_HEADER, caller_of
 from pixelfleet.serve.uploads import read_limited
+from pydantic import BaseModel
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
 
 if TYPE_CHECKING:
     from pixelfleet.serve.ingress import Ingress

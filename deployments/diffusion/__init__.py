@@ -17,7 +17,11 @@ from __future__ import annotations
 
 from pixelfleet.deployments.diffusion.config import DiffusionConfig
 from pixelfleet.deployments.diffusion.deployment import Diffusion
-from pixelfleet.deployments.diffusion.params import Img2ImgParams, InpaintParams, Txt2ImgParams
+from pixelfleet.deployments.diffusion.params import (
+    Img2ImgParams,
+    InpaintParams,
+    Txt2ImgParams,
+)
 from pixelfleet.deployments.spec import FamilySpec, Listing, Operation
 
 _RESULT = '{"images": [base64, ...], "media_type", "seeds", "width", "height", "steps", "scheduler", "prompt", "loras", "batch_images"}'

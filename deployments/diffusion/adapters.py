@@ -3,7 +3,7 @@
 version (path, size, mtime) from its safetensors header alone, and whether it fits the variant.
 
 Inspection and the fit check are :mod:`pixelfleet.models.modelfiles`' (``inspect``,
-``lora_mismatch``); :func:`_minimal_inspect` stands in where that module is not installed.
+``lora_mismatch``: layer by layer against a diffusers folder, by widths against a single file).
 Only ``.safetensors`` files are adapters (a LoRA never needs a pickle).
 """
 
@@ -11,107 +11,57 @@ from __future__ import annotations
 
 import re
 import threading
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from pixelfleet.deployments.diffusion.params import ADAPTER_ID
-from pixelfleet.models.errors import CorruptModelFile, ModelFileError, NotFound, Unprocessable
+from pixelfleet.models.errors import (
+    CorruptModelFile,
+    ModelFileError,
+    NotFound,
+    Unprocessable,
+)
+from pixelfleet.models.modelfiles import ModelFileInfo, inspect, lora_mismatch
 
 _ID = re.compile(ADAPTER_ID)
-#: cross-attention width -> the SD release it belongs to
-RELEASES = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
 
 
 @dataclass(frozen=True)
 class AdapterInfo:
-    """One adapter file: ``id`` (its stem), ``rank``, ``base`` (``sd1``, ``sd2``, ``sdxl``,
-    ``custom``, or None when the shapes do not tell), ``cross_attention_dim`` (input features of
-    its cross-attention ``to_k``/``to_v`` layers), key ``style``, ``size_bytes``."""
+    """One adapter file: ``id`` (its stem), ``path``, and modelfiles' inspection of it
+    (``details.lora``: rank, base, cross-attention width, key style)."""
 
     id: str
     path: str
-    rank: int
-    base: str | None
-    cross_attention_dim: int | None
-    style: str
-    size_bytes: int
-    details: Any = None  # modelfiles' ModelFileInfo, when that module inspected it
+    details: ModelFileInfo
+
+    @property
+    def rank(self) -> int:
+        return self.details.lora.rank
 
     def listing(self) -> dict:
-        """What ``GET /v1/diffusion/loras`` shows (no path: ids, never paths, leave the replica)."""
-        out = asdict(self)
-        out.pop("path"), out.pop("details")
-        return out
-
-
-@dataclass(frozen=True)
-class ModelFacts:
-    """What the fit check needs of the variant's model: its cross-attention width, ``sd`` or
-    ``sdxl``, and modelfiles' ``ModelFileInfo`` of its path where available."""
-
-    cross_attention_dim: int
-    architecture: str
-    details: Any = None
-
-
-def _minimal_inspect(path: Path) -> AdapterInfo:
-    """Rank and cross-attention width from the safetensors header (peft ``lora_A``/``lora_B``,
-    older diffusers ``lora.down``/``lora.up``, kohya ``lora_down``/``lora_up`` keys)."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), "pt") as f:
-            shapes = {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}
-    except Exception as err:  # safetensors raises its own SafetensorError, OSError, ...
-        raise CorruptModelFile(f"adapter {path.stem}: not a readable safetensors file ({type(err).__name__})") from None
-    downs = {k: s for k, s in shapes.items() if re.search(r"(lora_A|lora\.down|lora_down)\.weight$", k) and len(s) >= 2}
-    if not downs:
-        raise CorruptModelFile(f"adapter {path.stem}: no LoRA weights in the file")
-    cross = [s[1] for k, s in downs.items() if re.search(r"attn2[._]to_[kv]", k)]
-    style = "kohya" if any(k.startswith("lora_unet_") for k in downs) else "peft" if any("lora_A" in k for k in downs) else "diffusers"
-    dim = max(set(cross), key=cross.count) if cross else None
-    return AdapterInfo(path.stem, str(path), max(s[0] for s in downs.values()), RELEASES.get(dim, "custom") if dim else None, dim, style, path.stat().st_size)
+        """What ``GET /v1/diffusion/loras`` shows (ids, never paths, leave the replica)."""
+        lora = self.details.lora
+        return {
+            "id": self.id, "rank": lora.rank, "alpha": lora.alpha, "base": lora.base, "cross_attention_dim": lora.cross_attention_dim,
+            "style": lora.style, "target_modules": lora.target_modules, "text_encoder": lora.touches_text_encoder,
+            "size_bytes": Path(self.path).stat().st_size,
+        }  # fmt: skip
 
 
 def inspect_adapter(path: Path) -> AdapterInfo:
-    """An adapter file's :class:`AdapterInfo`. Raises CorruptModelFile (and modelfiles' errors)."""
-    try:
-        from pixelfleet.models.modelfiles import inspect
-    except ImportError:
-        return _minimal_inspect(path)
+    """An adapter file's :class:`AdapterInfo` (header only). Raises the ModelFileError kinds."""
     info = inspect(path)
     if info.lora is None:
         raise CorruptModelFile(f"adapter {path.stem}: the file holds no LoRA weights")
-    lora = info.lora
-    return AdapterInfo(path.stem, str(path), lora.rank, lora.base, lora.cross_attention_dim, lora.style, path.stat().st_size, info)
+    return AdapterInfo(path.stem, str(path), info)
 
 
-def inspect_model(path: str, cross_attention_dim: int, architecture: str) -> ModelFacts:
-    """:class:`ModelFacts` of the variant's model (the loaded UNet's width and the pipeline kind;
-    modelfiles' inspection of ``path`` where available, or None where it cannot read it)."""
-    details = None
-    try:
-        from pixelfleet.models.modelfiles import inspect
-
-        details = inspect(path, allow_pickle=True)
-    except (ImportError, ModelFileError):
-        pass
-    return ModelFacts(cross_attention_dim, architecture, details)
-
-
-def mismatch(adapter: AdapterInfo, model: ModelFacts) -> str | None:
-    """Why ``adapter`` does not fit ``model``, or None (as far as the shapes tell)."""
-    if adapter.details is not None and model.details is not None:
-        from pixelfleet.models.modelfiles import lora_mismatch
-
-        return lora_mismatch(adapter.details, model.details)
-    if adapter.cross_attention_dim is not None and adapter.cross_attention_dim != model.cross_attention_dim:
-        return (
-            f"adapter {adapter.id} was made for a model with cross-attention width {adapter.cross_attention_dim} "
-            f"({adapter.base}); this variant's is {model.cross_attention_dim}"
-        )
-    return None
+def check_fits(adapter: AdapterInfo, model: ModelFileInfo) -> None:
+    """Raises Unprocessable (422) when ``adapter`` does not fit the variant's ``model``."""
+    why = lora_mismatch(adapter.details, model)
+    if why is not None:
+        raise Unprocessable(f"adapter {adapter.id!r} does not fit this variant: {why}")
 
 
 class AdapterCatalog:
@@ -123,7 +73,7 @@ class AdapterCatalog:
 
     def __init__(self, folders: list[str]) -> None:
         self.folders = [Path(f).expanduser() for f in folders]
-        self._seen: dict[tuple[str, int, int], AdapterInfo | ModelFileError] = {}
+        self._seen: dict[tuple[str, int, int], AdapterInfo | ModelFileError] = {}  # grows with file versions seen (small)
         self._lock = threading.Lock()
 
     def _files(self) -> dict[str, Path]:
@@ -136,8 +86,11 @@ class AdapterCatalog:
                     found[path.stem] = path
         return found
 
-    def _info(self, path: Path) -> AdapterInfo | ModelFileError:
-        stat = path.stat()
+    def _info(self, path: Path) -> AdapterInfo | ModelFileError | NotFound:
+        try:
+            stat = path.stat()
+        except OSError:  # removed since the folder was listed
+            return NotFound(f"unknown adapter {path.stem!r}; GET /v1/diffusion/loras lists them")
         key = (str(path), stat.st_size, stat.st_mtime_ns)
         with self._lock:
             if key not in self._seen:
@@ -157,26 +110,20 @@ class AdapterCatalog:
         if path is None:
             raise NotFound(f"unknown adapter {adapter_id!r}; GET /v1/diffusion/loras lists them")
         info = self._info(path)
-        if isinstance(info, ModelFileError):
+        if isinstance(info, (ModelFileError, NotFound)):
             raise type(info)(info.message)
         return info
 
-    def listing(self, model: ModelFacts) -> list[dict]:
+    def listing(self, model: ModelFileInfo) -> list[dict]:
         """Every adapter with its rank, base and whether it fits ``model`` (unreadable files
         listed with their error)."""
         out = []
         for adapter_id, path in self._files().items():
             info = self._info(path)
-            if isinstance(info, ModelFileError):
+            if isinstance(info, (ModelFileError, NotFound)):
                 out.append({"id": adapter_id, "error": {"code": info.code, "message": info.message}})
                 continue
-            why = mismatch(info, model)
+            why = lora_mismatch(info.details, model)
             out.append({**info.listing(), "fits": why is None, **({"mismatch": why} if why else {})})
         return out
 
-
-def check_fits(adapter: AdapterInfo, model: ModelFacts) -> None:
-    """Raises Unprocessable (422) when ``adapter`` does not fit ``model``."""
-    why = mismatch(adapter, model)
-    if why is not None:
-        raise Unprocessable(f"adapter {adapter.id!r} does not fit this variant: {why}")

@@ -6,9 +6,8 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
-
 from pixelfleet.deployments.spec import FamilyConfig, Strict
+from pydantic import Field, model_validator
 
 
 class DiffusionVariant(Strict):
@@ -43,7 +42,7 @@ class DiffusionVariant(Strict):
     warmup: bool = Field(True, description="run one 1-step generation at load, so the first request is not slower")
 
     @model_validator(mode="after")
-    def _check(self) -> "DiffusionVariant":
+    def _check(self) -> DiffusionVariant:
         if self.max_adapters_per_request > self.max_loaded_adapters:
             raise ValueError("max_adapters_per_request must be <= max_loaded_adapters (a request's adapters are loaded together)")
         if self.device == "cpu" and self.precision == "float16":

@@ -27,18 +27,32 @@ from pathlib import Path
 from typing import Any
 
 from PIL import Image
-from ray import serve
-
 from pixelfleet.deployments import telemetry
 from pixelfleet.deployments.diffusion import pipeline
-from pixelfleet.deployments.diffusion.adapters import AdapterCatalog, AdapterInfo, check_fits, inspect_model
+from pixelfleet.deployments.diffusion.adapters import (
+    AdapterCatalog,
+    AdapterInfo,
+    check_fits,
+)
 from pixelfleet.deployments.diffusion.config import DiffusionVariant
-from pixelfleet.deployments.diffusion.params import MAX_SEED, Img2ImgParams, InpaintParams, Txt2ImgParams
+from pixelfleet.deployments.diffusion.params import (
+    MAX_SEED,
+    Img2ImgParams,
+    InpaintParams,
+    Txt2ImgParams,
+)
 from pixelfleet.deployments.diffusion.prompt import adapter_set
 from pixelfleet.deployments.resources import replica_threads
-from pixelfleet.deployments.spec import Limits, Result, VariantAddress, VariantDeployment
+from pixelfleet.deployments.spec import (
+    Limits,
+    Result,
+    VariantAddress,
+    VariantDeployment,
+)
 from pixelfleet.models.errors import ModelFileError, PayloadTooLarge, Unprocessable
 from pixelfleet.models.images import decode_image
+from pixelfleet.models.modelfiles import inspect, load_state_dict
+from ray import serve
 
 logger = logging.getLogger("ray.serve")
 PARAMS = {"txt2img": Txt2ImgParams, "img2img": Img2ImgParams, "inpaint": InpaintParams}
@@ -49,7 +63,7 @@ class LoadedAdapter:
     Serve calls :meth:`__del__` when it evicts it: the adapter is deleted from the pipeline on
     the worker thread (after the calls queued before it)."""
 
-    def __init__(self, owner: "Diffusion", info: AdapterInfo) -> None:
+    def __init__(self, owner: Diffusion, info: AdapterInfo) -> None:
         self.owner, self.info, self._released = owner, info, False
 
     def __del__(self) -> None:
@@ -85,7 +99,7 @@ class Diffusion(VariantDeployment):
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="diffusion")
         c = self.config
         self.pipes = pipeline.load_pipelines(c.model, c.config, c.allow_pickle, c.device, c.precision, c.cpu_offload, c.attention_slicing)
-        self.model = inspect_model(str(Path(c.model).expanduser()), self.pipes.cross_attention_dim, self.pipes.architecture)
+        self.model = inspect(Path(c.model).expanduser(), allow_pickle=c.allow_pickle)  # what adapters must fit (modelfiles)
         self.catalog = AdapterCatalog(c.adapters)
         self._loaded: dict[str, str] = {}  # adapter id -> peft adapter name, in the pipeline now (worker thread only)
         self._lora_active = False
@@ -144,7 +158,7 @@ class Diffusion(VariantDeployment):
         whether each fits this variant's model (``GET /v1/diffusion/loras``)."""
         return {
             "variant": self.variant,
-            "base": self._base(),
+            "base": self.model.base,
             "cross_attention_dim": self.model.cross_attention_dim,
             "adapters": self.catalog.listing(self.model),
         }
@@ -220,11 +234,7 @@ class Diffusion(VariantDeployment):
             return
         name = pipeline.adapter_name(adapter_id)
         try:
-            try:
-                from pixelfleet.models.modelfiles import load_state_dict
-            except ImportError:
-                from safetensors.torch import load_file as load_state_dict
-            state = load_state_dict(path)
+            state = load_state_dict(path)  # safetensors, header checked first (modelfiles)
             self.pipes.txt2img.load_lora_weights(state, adapter_name=name)
         except ModelFileError:
             raise
@@ -330,10 +340,6 @@ class Diffusion(VariantDeployment):
 
     # ---- card ----
 
-    def _base(self) -> str | None:
-        details = self.model.details
-        return getattr(details, "base", None) if details is not None else None
-
     def info(self) -> dict:
         """Variant card: model file name, architecture and base, native size, device and
         precision, bounds, adapters loaded now, and counters (finished, interrupted streams)."""
@@ -342,7 +348,7 @@ class Diffusion(VariantDeployment):
             "variant": self.variant,
             "model": Path(c.model).name,
             "architecture": self.pipes.architecture,
-            "base": self._base(),
+            "base": self.model.base,
             "cross_attention_dim": self.model.cross_attention_dim,
             "native_size": self.pipes.native_size,
             "scheduler": self.pipes.scheduler_class,

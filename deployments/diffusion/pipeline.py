@@ -18,9 +18,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from pixelfleet.models.errors import InternalError, ModelFileNotFound, UnrecognizedModelFile, UnsafeModelFile
+from pixelfleet.models.errors import (
+    InternalError,
+    ModelFileNotFound,
+    UnrecognizedModelFile,
+    UnsafeModelFile,
+)
 from pixelfleet.models.images import OUTPUT_MEDIA_TYPES, encode_image
+from pixelfleet.models.modelfiles import inspect
 
 logger = logging.getLogger("ray.serve")
 #: Suffixes of pickle-based checkpoints (refused unless ``allow_pickle``).
@@ -57,23 +62,10 @@ class Pipelines:
         return int(self.txt2img.unet.config.cross_attention_dim)
 
 
-def _is_sdxl_single_file(path: Path) -> bool:
-    """SDXL checkpoints carry a second text encoder under ``conditioner.embedders.1``."""
-    try:
-        from pixelfleet.models.modelfiles import inspect
-
-        return inspect(path, allow_pickle=True).architecture == "sdxl"
-    except ImportError:
-        from safetensors import safe_open
-
-        with safe_open(str(path), "pt") as f:
-            return any(key.startswith("conditioner.embedders.1.") for key in f.keys())
-
-
 def check_model_path(model: str, allow_pickle: bool) -> Path:
     """The model's path, checked before diffusers reads it: it exists; a folder has
-    ``model_index.json``; a single file is safetensors (a pickle only with ``allow_pickle``), its
-    header readable (modelfiles' checks where installed).
+    ``model_index.json``; a single file is safetensors (a pickle only with ``allow_pickle``).
+    :func:`load_pipelines` then has modelfiles check the headers and shapes.
 
     Raises:
         ModelFileNotFound, UnrecognizedModelFile, UnsafeModelFile, CorruptModelFile.
@@ -89,11 +81,6 @@ def check_model_path(model: str, allow_pickle: bool) -> Path:
         raise UnsafeModelFile(f"{path.name} is a pickle checkpoint, which can run code when loaded; set allow_pickle: true to load it (weights only)")
     if path.suffix not in (".safetensors", *PICKLE_SUFFIXES):
         raise UnrecognizedModelFile(f"{path.name}: a single-file model is .safetensors (or a .ckpt with allow_pickle)")
-    try:
-        from pixelfleet.models.modelfiles import inspect
-    except ImportError:
-        return path
-    inspect(path, allow_pickle=allow_pickle)  # header and shapes checked; raises the ModelFileError kinds
     return path
 
 
@@ -118,10 +105,16 @@ def load_pipelines(
         only pickle weights; InternalError when diffusers cannot build the pipeline.
     """
     import torch
-    from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting, AutoPipelineForText2Image
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+    from diffusers import (
+        AutoPipelineForImage2Image,
+        AutoPipelineForInpainting,
+        AutoPipelineForText2Image,
+        StableDiffusionPipeline,
+        StableDiffusionXLPipeline,
+    )
 
     path = check_model_path(model, allow_pickle)
+    facts = inspect(path, allow_pickle=allow_pickle)  # headers and shapes checked; SD or SDXL; raises ModelFileError kinds
     dtype = getattr(torch, precision)
     try:
         if path.is_dir():
@@ -131,7 +124,7 @@ def load_pipelines(
                 path, dtype=dtype, local_files_only=True, use_safetensors=None if allow_pickle else True, **extra
             )
         else:
-            sdxl = _is_sdxl_single_file(path)
+            sdxl = facts.architecture == "sdxl"
             cls = StableDiffusionXLPipeline if sdxl else StableDiffusionPipeline
             extra = {} if sdxl else {"safety_checker": None, "requires_safety_checker": False}
             pipe = cls.from_single_file(
@@ -220,8 +213,8 @@ def run_group(
     the adapters (on this thread, before the call). ``on_step(step, total)`` runs after each
     denoising step (1-based); it may raise :class:`Interrupted` to stop the loop.
     """
-    import torch
     import diffusers
+    import torch
 
     first = jobs[0]
     pipe = pipes.of(first.operation)

@@ -4,7 +4,6 @@ parser, and the grouping that keeps adapter sets apart; no Ray, no model."""
 from __future__ import annotations
 
 import pytest
-
 from pixelfleet.deployments.diffusion import SPEC
 from pixelfleet.deployments.diffusion.params import SCHEDULERS, LoraRef
 from pixelfleet.deployments.diffusion.pipeline import Job, group_jobs

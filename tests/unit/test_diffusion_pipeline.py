@@ -6,10 +6,19 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from pixelfleet.deployments.diffusion import pipeline
-from pixelfleet.deployments.diffusion.adapters import AdapterCatalog, ModelFacts, check_fits
-from pixelfleet.models.errors import ModelFileError, ModelFileNotFound, NotFound, Unprocessable, UnrecognizedModelFile, UnsafeModelFile
+from pixelfleet.deployments.diffusion.adapters import AdapterCatalog, check_fits
+from pixelfleet.models.errors import (
+    CorruptModelFile,
+    ModelFileError,
+    ModelFileNotFound,
+    NotFound,
+    Unprocessable,
+    UnrecognizedModelFile,
+    UnsafeModelFile,
+)
+from pixelfleet.models.modelfiles import inspect
+
 from tests import tinysd
 
 
@@ -37,7 +46,7 @@ def test_unsafe_or_unreadable_models_are_refused(tmp_path, tiny_sd):
         pipeline.check_model_path(str(tmp_path / "model.ckpt"), allow_pickle=False)
     data = tiny_sd["single_file"].read_bytes()
     (tmp_path / "cut.safetensors").write_bytes(data[: len(data) // 2])
-    with pytest.raises(ModelFileError) as err:
+    with pytest.raises(CorruptModelFile) as err:
         pipeline.load_pipelines(str(tmp_path / "cut.safetensors"), config=str(tiny_sd["folder"]))
     assert str(tmp_path) not in err.value.message  # file names, never paths
 
@@ -73,7 +82,9 @@ def test_step_callback_counts_and_interrupts(pipes):
 def test_encode_images_round_trip():
     images = np.random.default_rng(0).random((2, 8, 16, 3)).astype(np.float32)
     encoded = pipeline.encode_images(images, "png")
-    import base64, io
+    import base64
+    import io
+
     from PIL import Image
 
     decoded = np.asarray(Image.open(io.BytesIO(base64.b64decode(encoded[1]))))
@@ -88,11 +99,12 @@ def test_adapter_catalog(tmp_path, tiny_sd):
     (folder / "broken.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
     (folder / "notes.txt").write_text("not an adapter")
     catalog = AdapterCatalog([str(folder), str(tmp_path / "absent")])
-    model = ModelFacts(cross_attention_dim=32, architecture="sd")
+    model = inspect(tiny_sd["folder"])
     listing = {a["id"]: a for a in catalog.listing(model)}
     assert set(listing) == {"style", "wide", "broken"}
     assert listing["style"]["rank"] == 4 and listing["style"]["fits"] and listing["style"]["cross_attention_dim"] == 32
     assert not listing["wide"]["fits"] and "48" in listing["wide"]["mismatch"]
+    assert listing["style"]["base"] == "custom" and listing["style"]["style"] == "peft" and "path" not in listing["style"]
     assert listing["broken"]["error"]["code"] == "corrupt_model_file"
     with pytest.raises(NotFound):
         catalog.get("nope")
