@@ -246,7 +246,7 @@ def test_jobs_queued_and_running_survive_a_restart_of_the_whole_app(jobs_app, ht
     from pixelfleet.serve.runner import wait_until_running
 
     app, _, database = jobs_app
-    ids = [http.post("/v1/jobs", json=invert_job(model="slow"), headers=headers_of("restarted")).json()["id"] for _ in range(4)]
+    ids = [http.post("/v1/jobs", json=invert_job(model="slow"), headers=headers_of("restarted")).json()["id"] for _ in range(6)]
     wait_for(http, ids[0], "restarted", {"running"})
     running = control.deployed_config()
     control.submit(running.model_copy(update={"applications": [a for a in running.applications if a.name != APP]}))  # delete the app
@@ -260,7 +260,7 @@ def test_jobs_queued_and_running_survive_a_restart_of_the_whole_app(jobs_app, ht
     finally:
         store.close()
     assert set(between.values()) <= {"queued", "running", "succeeded"}, between  # some may finish while the app stops
-    assert {"queued", "running"} & set(between.values()), between  # 4 jobs of 2 s, 2 at a time: some are left
+    assert {"queued", "running"} & set(between.values()), between  # 6 jobs of 2 s, 2 at a time: some are left
     control.submit(running)  # the same app again, on the same SQLite file
     wait_until_running(APP, 300)
     seen: dict[str, tuple] = {}

@@ -218,3 +218,13 @@ def test_a_job_belongs_to_the_authenticated_caller_before_the_client_id_header()
     assert owner_of(request(alice, "mallory")) == "alice"  # the header cannot claim another's jobs
     assert owner_of(request(None, "bob")) == "bob"
     assert owner_of(request(None, None)) == ANONYMOUS
+
+
+def test_which_errors_of_a_run_are_retried():
+    from pixelfleet.jobs.worker import error_of
+    from pixelfleet.models.errors import InvalidInput, ModelUnavailable
+
+    assert error_of(InvalidInput("not an image")) == ({"code": "invalid_input", "message": "not an image"}, False)
+    assert error_of(ModelUnavailable("no replica"))[1] is True
+    error, retry = error_of(RuntimeError("boom at /srv/secret/model.py"))
+    assert retry and error == {"code": "internal_error", "message": "internal error"}  # no path, no traceback
