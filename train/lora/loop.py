@@ -116,6 +116,8 @@ def train_loop_per_worker(config: dict) -> None:
             _validate(training, writer)
         if training.step % cfg.checkpoint_every == 0 or final:
             _report(training, losses)
+    if not losses:  # resumed a run that had already finished: report where it stands, so the driver exports it
+        ray.train.report({"step": training.step, "train_seconds": training.train_seconds, "precision": training.precision.name})
     if progress is not None:
         progress.close()
     if writer is not None:
