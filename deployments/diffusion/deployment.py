@@ -76,6 +76,16 @@ class LoadedAdapter:
             pass
 
 
+def _named(images: dict | bytes | None) -> dict:
+    """The named image inputs: a dict as the REST/OIP front ends send it, or one image's bytes
+    (a handle or job caller's ``img2img(png_bytes, ...)``) as input ``image``."""
+    if isinstance(images, (bytes, bytearray)):
+        return {"image": bytes(images)}
+    if images is not None and not isinstance(images, dict):
+        raise Unprocessable("the images are a dict of name -> encoded image bytes (image, mask)")
+    return images or {}
+
+
 @serve.deployment(max_ongoing_requests=8, max_queued_requests=32)
 class Diffusion(VariantDeployment):
     """One diffusion variant.
@@ -165,8 +175,8 @@ class Diffusion(VariantDeployment):
 
     # ---- preparing a request ----
 
-    async def _generate(self, operation: str, images: dict | None, params: dict) -> Result:
-        job = await self._prepare(operation, images or {}, params)
+    async def _generate(self, operation: str, images: dict | bytes | None, params: dict) -> Result:
+        job = await self._prepare(operation, _named(images), params)
         images_out, batch = await self._batched(job)
         self.finished += 1
         return Result(self._answer(job, images_out, params, batch), "application/json")
@@ -285,8 +295,8 @@ class Diffusion(VariantDeployment):
         self.pipeline_calls += 1
         return pipeline.run_group(self.pipes, jobs, self._activate, on_step)
 
-    async def _stream(self, operation: str, images: dict | None, params: dict):
-        job = await self._prepare(operation, images or {}, params)
+    async def _stream(self, operation: str, images: dict | bytes | None, params: dict):
+        job = await self._prepare(operation, _named(images), params)
         yield {"event": "accepted", "data": {"seed": job.seed, "width": job.width, "height": job.height, "steps": job.steps}}
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()

@@ -251,6 +251,11 @@ def test_handle_calls_and_stream(http):
     handle = serve.get_app_handle(APP)
     answer = handle.txt2img.remote(**BASE).result()
     assert answer["images"] == txt2img(http)["images"]
+    photo = png_bytes(synthetic_photo(16, 16, seed=3))
+    by_handle = handle.img2img.remote(photo, **BASE, strength=0.6).result()  # one image's bytes: input "image"
+    by_rest = http.post("/v1/diffusion/img2img", json={**BASE, "strength": 0.6, "image": base64.b64encode(photo).decode()})
+    assert by_handle["images"] == by_rest.json()["images"]
+    assert handle.inpaint.remote({"image": photo, "mask": photo}, **BASE).result()["width"] == 16
     events = list(handle.options(stream=True).txt2img_stream.remote(**{**BASE, "steps": 2}))
     assert [e["event"] for e in events] == ["accepted", "progress", "progress", "result"]
 
