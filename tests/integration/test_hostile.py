@@ -10,13 +10,17 @@ route's JSON error form, and the replicas keep serving afterwards.
 - auth headers on an app with auth on beside the session's: huge and non-ASCII (latin-1, UTF-8)
   credentials, malformed ``Bearer``, repeated ``Authorization`` / ``X-API-Key``, a JWT with
   ``alg: none``, a forged or garbage JWT, a huge ``X-API-Key``.
+- a flood beyond that app's ingress admission (``admission.max_in_flight``): JSON 503 with
+  ``Retry-After``, never Ray's plain text.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import re
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import jwt
@@ -95,6 +99,30 @@ def test_hostile_json_answers_4xx(client, route):
     assert_still_serving(client)
 
 
+#: a value for each path parameter of the app's routes (a family, version and variant it serves)
+PATH_VALUES = {"family": "invert", "model": "invert", "version": "a", "variant": "b"}
+UNWRAPPED = ("deep array", "deep object", "not utf-8", "nan and huge numbers")
+
+
+def test_every_json_route_in_openapi_refuses_hostile_json(client):
+    """Every route whose OpenAPI request body takes JSON (so routes added later too) answers the
+    unwrapped hostile bodies with a 4xx in its error form."""
+    schema = client.get("/openapi.json").json()
+    routes = [
+        (method.upper(), path)
+        for path, item in schema["paths"].items()
+        for method, operation in item.items()
+        if "application/json" in operation.get("requestBody", {}).get("content", {})
+    ]
+    assert {("PUT", "/v1/traffic/{family}"), ("POST", "/v1/variants/{family}"), ("POST", "/v2/models/{model}/infer")} <= set(routes)
+    for method, path in routes:
+        url = path.format_map({name: PATH_VALUES.get(name, "x") for name in re.findall(r"{(\w+)}", path)})
+        for name in UNWRAPPED:
+            response = client.request(method, url, content=JSON_BODIES[name](lambda v: v), headers=JSON)
+            assert_json_4xx(response, oip=url.startswith("/v2")), (method, path, name)
+    assert_still_serving(client)
+
+
 @pytest.mark.parametrize("route", JSON_ROUTES)
 def test_json_bodies_over_the_limit_answer_413(client, route):
     method, path, wrap = JSON_ROUTES[route]
@@ -148,30 +176,86 @@ def test_hostile_multipart_answers_4xx(client):
     assert_still_serving(client)
 
 
-# --- auth headers ------------------------------------------------------------------------------
+# --- an app with auth on and a 2-request ingress, beside the session's --------------------------
 
 AUTH_APP = "hostileauth"
 KEY = "hostile-test-infer-key-000000001"
 SECRET = "hostile-test-hs256-secret-0123456789abcdef"
 SECRET_ENV = "PIXELFLEET_HOSTILE_JWT_SECRET"
+MAX_IN_FLIGHT = 2
+DELAY_S = 2.0
 
 
 @pytest.fixture(scope="module")
 def auth_http(app_url, tmp_path_factory):
+    """An httpx client of app ``hostileauth``: the test family ``invert`` with a fast variant
+    ``a`` (default) and ``slow`` (2 s a call), auth on (an API key and HS256 JWTs), and an ingress
+    that admits 2 requests at once (``admission.max_in_flight``). Its ``Ingress`` keeps Serve's
+    default ``max_ongoing_requests`` (64), so every request reaches the replica and the admission
+    middleware, not Ray's proxy, refuses."""
     from ray.serve.schema import ServeApplicationSchema
 
     app = ServeApplicationSchema(
         name=AUTH_APP, route_prefix=f"/{AUTH_APP}", import_path="pixelfleet.serve.app:build_app",
         runtime_env={"env_vars": {"PYTHONPATH": str(REPO), SECRET_ENV: SECRET}},
         args={
-            "families": {"invert": {"kind": INVERT_KIND, "default": "a", "variants": {"a": {}}}},
+            "families": {"invert": {"kind": INVERT_KIND, "default": "a", "variants": {"a": {}, "slow": {"delay_s": DELAY_S}}}},
             "state": {"path": str(tmp_path_factory.mktemp("hostile-auth-state") / "state.json")},
             "auth": {"enabled": True, "api_keys": [{"name": "reader", "hash": hash_key(KEY)}], "jwt": {"secret_env": SECRET_ENV}},
+            "admission": {"max_in_flight": MAX_IN_FLIGHT, "retry_after_s": 3},
         },
-        deployments=[{"name": n, "ray_actor_options": {"num_cpus": 0}} for n in ("Ingress", "invert-a")],
+        deployments=[{"name": n, "ray_actor_options": {"num_cpus": 0}} for n in ("Ingress", "invert-a", "invert-slow")],
     )  # fmt: skip
-    with beside_session(app), httpx.Client(base_url=f"{app_url}/{AUTH_APP}", timeout=60) as http:
+    with beside_session(app), httpx.Client(base_url=f"{app_url}/{AUTH_APP}", timeout=60, headers={"Authorization": f"Bearer {KEY}"}) as http:
         yield http
+
+
+# --- overload: a flood beyond the ingress's admission -------------------------------------------
+
+OIP_BODY = {"inputs": [{"name": "image", "datatype": "UINT8", "shape": [1, 1, 3], "data": [1, 2, 3]}]}
+FLOOD = 12
+
+
+def _send_slow(http: httpx.Client, index: int) -> tuple[str, float, httpx.Response]:
+    """Even ``index``: REST; odd: OIP v2; both to the slow variant. Returns (api, send time, response)."""
+    started = time.monotonic()
+    if index % 2:
+        return "oip", started, http.post("/v2/models/invert/versions/slow/infer", json=OIP_BODY)
+    return "rest", started, http.post("/v1/invert?model=slow", content=PNG, headers={"Content-Type": "image/png"})
+
+
+def test_flood_beyond_max_in_flight_answers_json_503(auth_http, client):
+    """Overload of the ingress itself is JSON 503 with Retry-After, never Ray's plain text: of a
+    flood of concurrent REST and OIP calls, 2 are served and every other one is refused in its
+    API's error form; health routes answer during the flood; the app serves again after it."""
+    with ThreadPoolExecutor(FLOOD) as pool:
+        futures = [pool.submit(_send_slow, auth_http, i) for i in range(FLOOD)]
+        time.sleep(0.5)  # the flood is in: the 2 admitted requests hold the ingress for 2 s
+        health = [auth_http.get(path) for path in ("/healthz", "/readyz", "/v2/health/ready")]
+        results = [f.result() for f in futures]
+
+    assert [r.status_code for r in health] == [200, 200, 200], [r.text for r in health]
+    statuses = [r.status_code for _, _, r in results]
+    assert set(statuses) <= {200, 503}, statuses
+    refused = [(api, r) for api, _, r in results if r.status_code == 503]
+    assert statuses.count(200) >= MAX_IN_FLIGHT and refused, statuses
+    sent_within = max(t for _, t, _ in results) - min(t for _, t, _ in results)
+    if sent_within < DELAY_S / 2:  # every request arrived while the first two were in flight
+        assert statuses.count(200) == MAX_IN_FLIGHT, statuses
+    for api, response in refused:
+        assert response.headers["content-type"] == "application/json", response.text
+        assert response.headers["retry-after"] == "3"
+        body = response.json()
+        if api == "rest":
+            assert body["error"]["code"] == "overloaded" and body["error"]["request_id"]
+        else:  # OIP's error form
+            assert isinstance(body["error"], str) and "capacity" in body["error"]
+    # nothing broke: the same app serves again, and so does the session's
+    assert _send_slow(auth_http, 0)[2].status_code == 200
+    assert client.get("/readyz").status_code == 200
+
+
+# --- auth headers ------------------------------------------------------------------------------
 
 
 def _b64(data: bytes) -> str:
@@ -221,7 +305,9 @@ BELOW_THE_APP = {"control characters"}
 
 def test_hostile_auth_headers_answer_4xx(auth_http):
     for name, raw in _hostile_credentials().items():
-        response = auth_http.post("/v1/invert", content=PNG, headers=httpx.Headers([(b"content-type", b"image/png"), *raw]))
+        request = auth_http.build_request("POST", "/v1/invert", content=PNG)
+        request.headers = httpx.Headers([(k, v) for k, v in request.headers.raw if k.lower() != b"authorization"] + [(b"content-type", b"image/png"), *raw])
+        response = auth_http.send(request)
         assert response.status_code < 500, (name, response.status_code, response.text[:300])
         if response.status_code != 401:  # refused by Serve's HTTP server (uvicorn) before the app
             assert name in BELOW_THE_APP, (name, response.status_code, response.text[:300])

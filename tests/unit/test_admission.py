@@ -1,7 +1,6 @@
 """serve/admission.py without Ray: the in-flight count and the body limit on a small FastAPI app
 with the app's own error mapping, and the shipped Serve configs' Ingress limits. The same
-middlewares are tested through the running app in tests/integration/test_overload.py and
-test_hostile.py."""
+middlewares are tested through the running app in tests/integration/test_hostile.py."""
 
 from __future__ import annotations
 
