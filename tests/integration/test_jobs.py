@@ -1,8 +1,8 @@
 """Durable jobs through the running app (issue 15): ``/v1/jobs`` on the session's app (jobs are on
 in ``serve/configs/local.yaml``; the store is a SQLite file beside the session's state file), and
 an app of its own beside the session's (``jobsapp``: the invert family with its 2-second
-``slow`` variant, short leases) whose worker replica is killed and which is deleted and deployed
-again while jobs are queued and running."""
+``slow`` variant, short leases, auth on with JWT bearer tokens) whose worker replica is killed
+and which is deleted and deployed again while jobs are queued and running."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import httpx
+import jwt
 import numpy as np
 import pytest
 
@@ -27,6 +28,14 @@ PICTURE = synthetic_photo(24, 32, seed=7)
 PNG = png_bytes(PICTURE)
 DATA = base64.b64encode(PNG).decode()
 TERMINAL = {"succeeded", "failed", "cancelled"}
+SECRET_ENV = "PIXELFLEET_TEST_JOBS_JWT_SECRET"
+SECRET = "jobs-test-hs256-secret-0123456789abcdef"  # HS256 wants at least 32 bytes
+
+
+def bearer(subject: str, scope: str = "jobs") -> dict[str, str]:
+    """An ``Authorization`` header with a JWT for ``jobsapp`` (auth on): ``sub`` is the caller."""
+    claims = {"sub": subject, "scope": scope, "exp": int(time.time()) + 3600}
+    return {"Authorization": f"Bearer {jwt.encode(claims, SECRET, algorithm='HS256')}"}
 
 
 def invert_job(**fields) -> dict:
@@ -175,15 +184,16 @@ def test_cancel_a_queued_job_and_list_in_pages(client):
 def jobs_app(app_url, tmp_path_factory):
     """``(schema, url, store file)`` of app ``jobsapp`` beside the session's: two worker replicas
     that run one job at a time each, short leases and backoff, so lost workers and retries show
-    within seconds."""
+    within seconds; auth on (HS256 JWTs, :func:`bearer`)."""
     from ray.serve.schema import ServeApplicationSchema
 
     state = tmp_path_factory.mktemp("jobsapp")
     app = ServeApplicationSchema(
         name=APP, route_prefix=f"/{APP}", import_path="pixelfleet.serve.app:build_app",
-        runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}},
+        runtime_env={"env_vars": {"PYTHONPATH": str(REPO), SECRET_ENV: SECRET}},
         args={
             "families": {"invert": {"kind": INVERT_KIND, "default": "slow", "variants": {"slow": {"delay_s": 2.0}}}},
+            "auth": {"enabled": True, "jwt": {"secret_env": SECRET_ENV}},
             "state": {"path": str(state / "state.json")},
             "jobs": {"enabled": True, "lease_s": 2, "heartbeat_s": 0.5, "poll_interval_s": 0.2, "concurrency": 1,
                      "max_attempts": 3, "backoff_s": 0.2},
@@ -200,8 +210,21 @@ def jobs_app(app_url, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def http(jobs_app):
-    with httpx.Client(base_url=jobs_app[1], timeout=60) as client:
+    """A client of ``jobsapp`` whose requests are the caller ``tester``'s (X-Client-Id is ignored with auth on)."""
+    with httpx.Client(base_url=jobs_app[1], timeout=60, headers=bearer("tester")) as client:
         yield client
+
+
+def test_with_auth_on_jobs_need_the_jobs_scope_and_belong_to_the_token_subject(http):
+    refused = http.post("/v1/jobs", json=invert_job(model="slow"), headers=bearer("alice", scope="infer"))
+    assert refused.status_code == 403 and refused.json()["error"]["code"] == "forbidden"
+    job = http.post("/v1/jobs", json=invert_job(model="slow"), headers=bearer("alice"))
+    assert job.status_code == 202
+    job_id = job.json()["id"]
+    assert http.get(f"/v1/jobs/{job_id}", headers={**bearer("bob"), "X-Client-Id": "alice"}).status_code == 404
+    assert job_id not in [j["id"] for j in http.get("/v1/jobs", headers=bearer("bob")).json()["jobs"]]
+    assert http.get(f"/v1/jobs/{job_id}", headers={**bearer("alice"), "X-Client-Id": "bob"}).status_code == 200
+    assert http.post(f"/v1/jobs/{job_id}/cancel", headers=bearer("alice")).json()["state"] == "cancelled"
 
 
 def kill_worker_of(job_id: str, database: Path) -> None:
