@@ -87,11 +87,13 @@ class TrainingJob(Pod):
 
 
 class SecretEnv(_Strict):
-    """An environment variable of every Ray container, from a Secret (optional: pods start without it)."""
+    """An environment variable of every Ray container, from a Secret; a required one (``optional:
+    false``) keeps the pods from starting until the Secret exists."""
 
     name: str
     secret: str
     key: str
+    optional: bool = True
 
 
 class Values(_Strict):
@@ -150,7 +152,7 @@ def _container(values: Values, name: str, pod: Pod, ports: list[dict], *, gpus: 
         "image": image(values),
         "imagePullPolicy": values.image_pull_policy,
         "env": [{"name": "HF_HUB_OFFLINE", "value": "1"}]  # no model is fetched from a hub at run time
-        + [{"name": e.name, "valueFrom": {"secretKeyRef": {"name": e.secret, "key": e.key, "optional": True}}} for e in values.secret_env],
+        + [{"name": e.name, "valueFrom": {"secretKeyRef": {"name": e.secret, "key": e.key, "optional": e.optional}}} for e in values.secret_env],
         "ports": ports,
         "resources": _resources(pod, gpus),
         "readinessProbe": readiness,
