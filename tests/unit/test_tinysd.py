@@ -4,9 +4,20 @@ single-file loader, and its LoRA loads and changes the output."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from tests import tinysd
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """The tiny models gain nothing from more threads, and OpenMP's spinning threads slow to a
+    crawl when the machine's cores are busy with other work."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def _generate(pipe, seed: int = 0) -> np.ndarray:
