@@ -1,9 +1,9 @@
 """Batch jobs (``operation: "batch"``): one operation of the job's family over many images.
 
 The images are a list of storage URLs, every file below a folder prefix, or the files of a zip;
-each answer is written into the output folder under the input's relative name (its suffix
-replaced by the answer's: ``photos/a.jpg`` -> ``OUT/photos/a.png``), with a manifest beside them,
-``OUT/manifest.jsonl``: one JSON object per input, in input order,
+each answer is written into the job's results folder ``OUT`` (``<results root>/<job id>``, never
+elsewhere) under the input's relative name (its suffix replaced by the answer's:
+``photos/a.jpg`` -> ``OUT/photos/a.png``), with a manifest beside them, ``OUT/manifest.jsonl``: one JSON object per input, in input order,
 ``{"input", "output", "status": "ok"|"failed", "error": {"code", "message"}|null, "variant",
 "seconds"}``. A bad image (any 4xx: not an image, missing, too large) fails only its own item;
 an error of the service (5xx) ends the run, and the worker's retry resumes it.
@@ -48,7 +48,6 @@ class BatchParams(Strict):
     zip: str | None = Field(None, description="the storage URL of a zip of images")
     params: dict = Field(default_factory=dict, description="the operation's options (as its REST route takes them)")
     model: str | None = Field(None, description="a variant to force; default: the A/B split")
-    output: str | None = Field(None, description="the results folder (below the results root); default: RESULTS/<job id>")
     chunk_size: int = Field(8, ge=1, le=1000, description="items between checkpoints")
     concurrency: int = Field(4, ge=1, le=64, description="items in flight at once")
     max_items: int = Field(10_000, ge=1, le=100_000, description="refuse a batch of more items")
@@ -100,17 +99,21 @@ def plan_items(names: list[str], sources: list[str] | None = None) -> list[Item]
 
 def validate(params: dict, storage: Storage) -> BatchParams:
     """Check a batch job's params at submit time: their shape, and every URL against the
-    storage roots (``output`` against the results root). Lists nothing.
+    input roots (never the results root: results are their owner's). Lists nothing.
 
     Raises:
         Unprocessable: params of the wrong shape. InvalidInput: a refused URL.
     """
     batch = parse_params(BatchParams, params)
-    for url in [*(batch.inputs or []), *filter(None, (batch.prefix, batch.zip))]:
-        storage.locate(url)
-    if batch.output is not None:
-        storage.locate(batch.output, write=True)
+    for url in sources(batch):
+        storage.locate(url, results=False)
     return batch
+
+
+def sources(batch: BatchParams) -> list[str]:
+    """The URLs a batch names as its inputs. They must lie below an input root, not the results
+    root: one caller's job may not read another's results."""
+    return [*(batch.inputs or []), *filter(None, (batch.prefix, batch.zip))]
 
 
 def list_items(batch: BatchParams, storage: Storage, zip_file: zipfile.ZipFile | None) -> list[Item]:
@@ -199,7 +202,9 @@ async def run_batch(ctx: JobContext, storage: Storage) -> WorkResult:
         PixelfleetError: a 5xx of the service; the job should run again (it resumes).
     """
     batch = parse_params(BatchParams, ctx.params)
-    out = storage.locate(batch.output, write=True).url.rstrip("/") if batch.output else storage.result_url(ctx.job_id)
+    for url in sources(batch):  # checked at submit; again here, as the config may have changed
+        storage.locate(url, results=False)
+    out = storage.result_url(ctx.job_id)
     state = dict(ctx.resume_state or {"next": 0, "parts": 0, "ok": 0, "failed": 0, "variants": []})
     if "done" in state:  # the manifest was written and checkpointed; only the run's end was lost
         return WorkResult(**state["done"])

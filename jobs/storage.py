@@ -147,11 +147,13 @@ class Storage:
     def _fs(self, protocol: str) -> fsspec.AbstractFileSystem:
         return fsspec.filesystem(protocol, **self.config.options.get(protocol, {}))
 
-    def locate(self, url: str, write: bool = False) -> Location:
+    def locate(self, url: str, write: bool = False, results: bool = True) -> Location:
         """Check ``url`` and return where it points.
 
-        ``write``: the URL must lie below the results root; otherwise below an input root or the
-        results root. A local path is returned resolved (symlinks followed).
+        ``write``: the URL must lie below the results root; otherwise below an input root or (with
+        ``results``) the results root. What a request names as an input should be checked with
+        ``results=False``: results belong to their job's owner. A local path is returned resolved
+        (symlinks followed).
 
         Raises:
             InvalidInput: malformed (:func:`check_url_syntax`), another protocol, another bucket,
@@ -159,7 +161,7 @@ class Storage:
         """
         check_url_syntax(url)
         protocol, path = _protocol_of(url)
-        roots = [self._results] if write else [*self._roots, self._results]
+        roots = [self._results] if write else [*self._roots, *([self._results] if results else [])]
         if protocol not in {root.protocol for root in roots}:
             raise InvalidInput(f"storage protocol {protocol!r} is not allowed here")
         if protocol == "file":

@@ -10,7 +10,13 @@ job's results folder, opened by a keyframe, without B-frames so segments join ex
 the job checkpoints ``{"chunks", "segments", "frames", "size"}``; a rerun after a crash decodes
 up to the first unfinished chunk without upscaling again. At the end the segments' packets
 and the input's audio streams (copied, not re-encoded) are remuxed, interleaved by time, into
-the output file (its container from its suffix: ``.mp4`` by default, ``.mkv``, ``.mov``).
+the output file (its container from its suffix: ``.mp4`` by default, ``.mkv``, ``.mov``), in the
+job's own results folder.
+
+What FFmpeg is handed is bounded: the input is opened with a demuxer chosen from its first bytes
+(MP4/QuickTime, Matroska/WebM, AVI; never playlists such as HLS or concat lists, which would
+read other files) and the ``file`` protocol only; encoder settings are typed fields
+(:class:`EncoderOptions`), never free FFmpeg options (some of which write files).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack
 from fractions import Fraction
 from pathlib import Path
+from typing import Literal
 
 import av
 import numpy as np
@@ -40,18 +47,52 @@ SEGMENTS = ".segments"
 CONTAINERS = {".mp4": ("mp4", "video/mp4"), ".mov": ("mov", "video/quicktime"), ".mkv": ("matroska", "video/x-matroska")}
 
 
+class EncoderOptions(Strict):
+    """The encoder settings a job may set (FFmpeg's option names; each one used only when set)."""
+
+    crf: int | None = Field(None, ge=0, le=63, description="constant quality (libx264/libx265 0-51, libvpx 0-63): lower is better")
+    preset: Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow"] | None = Field(
+        None, description="x264/x265 speed preset"
+    )
+    tune: Literal["film", "animation", "grain", "stillimage", "fastdecode", "zerolatency"] | None = Field(None, description="x264 tuning")
+    qscale: int | None = Field(None, ge=1, le=31, description="fixed quantizer of mpeg4 and other MPEG encoders: lower is better")
+    g: int | None = Field(None, ge=1, le=1000, description="frames between keyframes at most")
+
+    def ffmpeg(self) -> dict[str, str]:
+        """The set options as FFmpeg's ``{name: value}`` strings."""
+        return {name: str(value) for name, value in self.model_dump(exclude_none=True).items()}
+
+
+def demuxer_of(head: bytes) -> str:
+    """The FFmpeg demuxer for a file starting with ``head`` (its first 12+ bytes).
+
+    Raises:
+        InvalidInput: not an MP4/QuickTime, Matroska/WebM or AVI file.
+    """
+    if head[4:8] in (b"ftyp", b"moov", b"mdat", b"free", b"wide", b"skip"):
+        return "mov"
+    if head[:4] == b"\x1a\x45\xdf\xa3":
+        return "matroska"
+    if head[:4] == b"RIFF" and head[8:12] == b"AVI ":
+        return "avi"
+    raise InvalidInput("the input is not a video file this service reads (MP4/MOV, Matroska/WebM, AVI)")
+
+
 class VideoParams(Strict):
     """A video job's ``params``."""
 
     input: str | None = Field(None, description="storage URL of the video; default: the job's input")
-    output: str | None = Field(None, description="output URL below the results root (.mp4, .mov, .mkv); default: RESULTS/<job>/<name>.mp4")
+    name: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._ -]{0,127}$",
+        description="the output's file name in the job's results folder (.mp4, .mov, .mkv); default: <input name>.upscaled.mp4",
+    )
     operation: str = Field("upscale", pattern="^upscale$", description="what runs on every frame (the superres family's upscale)")
     params: dict = Field(default_factory=dict, description="the upscale's options (scale, png_level); frames travel as PNG")
     model: str | None = Field(None, description="a variant to force; default: the A/B split")
     codec: str | None = Field(None, description="video encoder (FFmpeg name: libx264, h264, mpeg4, libvpx-vp9, ...); default: the input's codec")
     pix_fmt: str = Field("yuv420p", description="pixel format of the encoded frames")
     bit_rate: int | None = Field(None, gt=0, description="target video bit rate, bits per second; default: the encoder's")
-    options: dict[str, str] = Field(default_factory=dict, description="encoder options, e.g. {'crf': '18', 'preset': 'medium'}")
+    options: EncoderOptions = Field(default_factory=lambda: EncoderOptions(), description="encoder settings (typed; see EncoderOptions)")
     chunk_frames: int = Field(48, ge=1, le=10_000, description="frames per segment (between checkpoints)")
     batch_frames: int = Field(4, ge=1, le=64, description="frames in flight through the family at once")
     max_frames: int = Field(100_000, ge=1, description="refuse a longer video")
@@ -65,13 +106,12 @@ def validate(params: dict, storage: Storage, has_input: bool = False) -> VideoPa
         InvalidInput: a refused URL.
     """
     video = parse_params(VideoParams, params)
-    if video.input is not None:
-        storage.locate(video.input)
+    if video.input is not None:  # below an input root: one caller's job may not read another's results
+        storage.locate(video.input, results=False)
     elif not has_input:
         raise Unprocessable("a video job needs params.input (a storage URL) or an input")
-    if video.output is not None:
-        storage.locate(video.output, write=True)
-        container_of(video.output)
+    if video.name is not None:
+        container_of(video.name)
     if video.codec is not None:
         encoder(video.codec)
     return video
@@ -125,7 +165,7 @@ def encode_segment(frames: list[np.ndarray], first_index: int, path: Path, codec
     second, into a Matroska file at ``path``: one keyframe first, no B-frames."""
     height, width = frames[0].shape[:2]
     with av.open(str(path), "w", format="matroska") as output:
-        stream = output.add_stream(codec, rate=rate, options=dict(video.options))
+        stream = output.add_stream(codec, rate=rate, options=video.options.ffmpeg())
         stream.width, stream.height, stream.pix_fmt = width, height, video.pix_fmt
         stream.codec_context.time_base = 1 / rate
         stream.codec_context.max_b_frames = 0
@@ -145,12 +185,12 @@ def _timed(packets: Iterator[av.Packet], key) -> Iterator[tuple[float, int, av.P
         yield key(packet), order, packet
 
 
-def join(segments: list[Path], source: Path, target: Path, muxer: str, rate: Fraction) -> int:
+def join(segments: list[Path], source: Path, demuxer: str, target: Path, muxer: str, rate: Fraction) -> int:
     """Remux the segments' video packets (renumbered ``0, 1, ...`` at ``rate``) and ``source``'s
     audio streams (copied) into ``target``, interleaved by time. Returns the video packets written."""
     with ExitStack() as stack:
         opened = [stack.enter_context(av.open(str(path))) for path in segments]
-        original = stack.enter_context(av.open(str(source)))
+        original = stack.enter_context(av.open(str(source), format=demuxer, options={"protocol_whitelist": "file"}))
         output = stack.enter_context(av.open(str(target), "w", format=muxer))
         video_out = output.add_stream_from_template(opened[0].streams.video[0])
         video_out.time_base = 1 / rate
@@ -247,18 +287,22 @@ async def run_video(ctx: JobContext, storage: Storage) -> WorkResult:
         PixelfleetError: what the family raises for a frame (5xx: the job runs again and resumes).
     """
     video = parse_params(VideoParams, ctx.params)
+    if video.input is not None:
+        storage.locate(video.input, results=False)
     source_url = _input_url(ctx, video)
     folder = storage.result_url(ctx.job_id)
     name = Path(source_url.rstrip("/")).stem or "video"
-    target_url = storage.locate(video.output, write=True).url if video.output else f"{folder}/{name}.upscaled.mp4"
+    target_url = f"{folder}/{video.name or name + '.upscaled.mp4'}"
     muxer, media_type = container_of(target_url)
     state = dict(ctx.resume_state or {"chunks": 0, "segments": [], "frames": 0})
     if "done" in state:  # the output was written and checkpointed; only the run's end was lost
         return WorkResult(**state["done"])
     with ExitStack() as stack:
         source = stack.enter_context(storage.local_copy(source_url))
+        with open(source, "rb") as file:
+            demuxer = demuxer_of(file.read(16))
         try:
-            container = stack.enter_context(av.open(str(source)))
+            container = stack.enter_context(av.open(str(source), format=demuxer, options={"protocol_whitelist": "file"}))
         except av.FFmpegError:
             raise InvalidInput("the input is not a video FFmpeg can read") from None
         if not container.streams.video:
@@ -299,7 +343,7 @@ async def run_video(ctx: JobContext, storage: Storage) -> WorkResult:
             for url, path in zip(state["segments"], local):
                 await asyncio.to_thread(storage.download, url, path)
             target = Path(work) / f"output{Path(target_url).suffix}"
-            frames = await asyncio.to_thread(join, local, source, target, muxer, rate)
+            frames = await asyncio.to_thread(join, local, source, demuxer, target, muxer, rate)
             audio = len(container.streams.audio)
             url = await asyncio.to_thread(storage.upload, target, target_url)
     width, height = state["size"]

@@ -109,22 +109,22 @@ def run_local(paths: list[Path], options: Options, on_progress: Callable[[int, i
         options.out.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix=".pixelfleet-", dir=options.out.parent) as work:
             storage = Storage(StorageConfig(roots=[str(source.parent)], results=work))
-            job = {"input": str(source), "output": f"{work}/{options.out.name}", "params": params, "chunk_frames": options.chunk_frames,
+            job = {"input": str(source), "name": options.out.name, "params": params, "chunk_frames": options.chunk_frames,
                    **({"codec": options.codec} if options.codec else {})}  # fmt: skip
-            ctx = LocalContext(upscaler, job, operation="video", on_progress=on_progress)
+            ctx = LocalContext(upscaler, job, operation="video", on_progress=on_progress, job_id="video")
             done = asyncio.run(video.run_video(ctx, storage))
-            os.replace(Path(work) / options.out.name, options.out)
+            os.replace(Path(work) / "video" / options.out.name, options.out)
         return {**done["result"], "output": str(options.out)}
     files = image_files(paths)
     options.out.mkdir(parents=True, exist_ok=True)
     out = options.out.resolve()
     roots = sorted({str(p.resolve().parent) for _, p in files} | {str(p.resolve()) for p in paths if p.is_dir()})
-    storage = Storage(StorageConfig(roots=roots, results=str(out)))
+    storage = Storage(StorageConfig(roots=roots, results=str(out.parent)))  # the job's results folder is OUT itself
     if len(paths) == 1 and paths[0].is_dir():
-        job = {"operation": "upscale", "prefix": str(paths[0].resolve()), "params": params, "output": str(out)}
+        job = {"operation": "upscale", "prefix": str(paths[0].resolve()), "params": params}
     else:
-        job = {"operation": "upscale", "inputs": [str(p.resolve()) for _, p in files], "params": params, "output": str(out)}
-    done = asyncio.run(batch.run_batch(LocalContext(upscaler, job, on_progress=on_progress), storage))
+        job = {"operation": "upscale", "inputs": [str(p.resolve()) for _, p in files], "params": params}
+    done = asyncio.run(batch.run_batch(LocalContext(upscaler, job, on_progress=on_progress, job_id=out.name), storage))
     return done["result"]
 
 

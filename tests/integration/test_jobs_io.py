@@ -94,6 +94,13 @@ def test_batch_from_s3_with_a_bad_image_and_a_signed_webhook(client, s3, receive
     assert [r["status"] for r in rows] == ["ok", "failed", "ok"] and rows[1]["error"]["code"] == "invalid_input"
     assert Image.open(local_path(rows[2]["output"])).size == (40, 24)  # x2 of 20x12, under its relative name
     assert rows[2]["output"].endswith(f"/{job['id']}/deep/b.png") and rows[0]["variant"] == "superres/srresnet-x2"
+    # results belong to their job's owner: no request may name them as its input
+    for refused in (
+        {"family": "superres", "operation": "batch", "params": {"operation": "upscale", "prefix": summary["output"]}},
+        {"family": "superres", "operation": "upscale", "input": {"url": rows[0]["output"]}},
+    ):
+        answer = client.post("/v1/jobs", json=refused, headers={"X-Client-Id": "someone-else"})
+        assert answer.status_code == 400 and answer.json()["error"]["code"] == "invalid_input", answer.text
     # the webhook: refused twice by the receiver, then delivered; every attempt recorded in the job
     deadline = time.monotonic() + 60
     while client.get(f"/v1/jobs/{job['id']}", headers=OWNER).json()["webhook"]["state"] == "pending" and time.monotonic() < deadline:

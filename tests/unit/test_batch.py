@@ -54,8 +54,10 @@ def test_params_need_exactly_one_source(storage, tmp_path) -> None:
         batch.validate({"operation": "batch", "prefix": str(tmp_path / "in")}, storage)
     with pytest.raises(InvalidInput):
         batch.validate({"operation": "upscale", "inputs": ["/etc/passwd"]}, storage)
-    with pytest.raises(InvalidInput):  # the output must lie below the results root
-        batch.validate({"operation": "upscale", "prefix": str(tmp_path / "in"), "output": str(tmp_path / "in" / "o")}, storage)
+    with pytest.raises(InvalidInput):  # another job's results are no input
+        batch.validate({"operation": "upscale", "prefix": str(tmp_path / "out" / "other-job")}, storage)
+    with pytest.raises(Unprocessable):  # results go to the job's own folder, nowhere else (another job's, say)
+        batch.validate({"operation": "upscale", "prefix": str(tmp_path / "in"), "output": str(tmp_path / "out" / "victim")}, storage)
     assert isinstance(batch.validate({"operation": "upscale", "prefix": str(tmp_path / "in")}, storage), BatchParams)
 
 
@@ -121,8 +123,8 @@ def test_zip_batch_resumes_after_a_crash(storage, tmp_path, upscaler) -> None:
 def test_list_batch_with_a_missing_file_and_another_format(storage, tmp_path, upscaler) -> None:
     (tmp_path / "in" / "a.png").write_bytes(png(5))
     params = {"operation": "upscale", "inputs": [str(tmp_path / "in" / "a.png"), str(tmp_path / "in" / "gone.png")],
-              "params": {"format": "jpeg"}, "output": str(tmp_path / "out" / "mine")}  # fmt: skip
-    done = asyncio.run(batch.run_batch(LocalContext(upscaler, params), storage))
+              "params": {"format": "jpeg"}}  # fmt: skip
+    done = asyncio.run(batch.run_batch(LocalContext(upscaler, params, job_id="mine"), storage))
     rows = read_manifest((tmp_path / "out" / "mine" / "manifest.jsonl").read_text())
     assert [r["status"] for r in rows] == ["ok", "failed"] and rows[1]["error"]["code"] == "not_found"
     assert rows[0]["output"] == f"file://{tmp_path}/out/mine/a.jpg" and Image.open(tmp_path / "out" / "mine" / "a.jpg").format == "JPEG"

@@ -29,7 +29,9 @@ def test_local_read_list_write(local) -> None:
     assert storage.read_bytes(f"file://{root}/in/sub/b.png") == b"BB"
     url = storage.write_bytes(storage.result_url("job1", "x.png"), b"X")
     assert url == f"file://{root}/out/job1/x.png" and (root / "out" / "job1" / "x.png").read_bytes() == b"X"
-    assert storage.read_bytes(url) == b"X"  # results are readable too
+    assert storage.read_bytes(url) == b"X"  # results are readable too (by the worker)
+    with pytest.raises(InvalidInput):  # but not as what a request names as its input
+        storage.locate(url, results=False)
     # the symlink pointing out of the root is listed nowhere and read never
     with pytest.raises(InvalidInput):
         storage.list_files(str(root / "in"))

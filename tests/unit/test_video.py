@@ -81,7 +81,13 @@ def test_chunks_and_checks(storage, tmp_path) -> None:
     with pytest.raises(Unprocessable):
         video.validate({"input": str(tmp_path / "in" / "clip.mp4"), "codec": "aac"}, storage)  # not a video encoder
     with pytest.raises(Unprocessable):
-        video.validate({"input": str(tmp_path / "in" / "clip.mp4"), "output": str(tmp_path / "out" / "x.gif")}, storage)
+        video.validate({"input": str(tmp_path / "in" / "clip.mp4"), "name": "x.gif"}, storage)
+    for bad in ({"name": "../x.mp4"}, {"output": str(tmp_path / "out" / "victim" / "x.mp4")}, {"options": {"stats": "/tmp/x"}},
+                {"options": {"flags": "+pass1"}}, {"options": {"crf": 99}}):  # fmt: skip
+        with pytest.raises(Unprocessable):  # nowhere but the job's own folder; no free FFmpeg options (some write files)
+            video.validate({"input": str(tmp_path / "in" / "clip.mp4"), **bad}, storage)
+    with pytest.raises(InvalidInput):  # another job's results are no input
+        video.validate({"input": str(tmp_path / "out" / "other" / "clip.mp4")}, storage)
     with pytest.raises(Unprocessable):
         video.validate({}, storage)
     with pytest.raises(InvalidInput):
@@ -128,8 +134,8 @@ class CrashingContext(LocalContext):
 
 
 def test_resumes_from_the_last_finished_chunk(storage, tmp_path, upscaler) -> None:
-    params = {"input": str(tmp_path / "in" / "clip.mp4"), "chunk_frames": 4, "batch_frames": 1, "output": str(tmp_path / "out" / "x.mkv"),
-              "codec": "mpeg4", "options": {"qscale": "3"}}  # fmt: skip
+    params = {"input": str(tmp_path / "in" / "clip.mp4"), "chunk_frames": 4, "batch_frames": 1, "name": "x.mkv",
+              "codec": "mpeg4", "options": {"qscale": 3}}  # fmt: skip
     first = CrashingContext(upscaler, params, operation="video", crash_on=6, job_id="job-v")
     with pytest.raises(ModelUnavailable):
         asyncio.run(video.run_video(first, storage))
@@ -137,7 +143,7 @@ def test_resumes_from_the_last_finished_chunk(storage, tmp_path, upscaler) -> No
     second = CrashingContext(upscaler, params, operation="video", resume_state=first.checkpoints[-1], job_id="job-v")
     done = asyncio.run(video.run_video(second, storage))
     assert second.calls == FRAMES - 4  # frames 4..9 only
-    result = probe(tmp_path / "out" / "x.mkv")
+    result = probe(tmp_path / "out" / "job-v" / "x.mkv")
     assert result["frames"] == FRAMES and result["codec"] == "mpeg4" and result["size"] == (2 * SIDE, 2 * SIDE)
     assert result["audio"] == [("aac", SAMPLE_RATE, 1)] and done["media_type"] == "video/x-matroska"
     # every audio packet copied (Matroska shifts all streams to start at 0: the AAC priming packet's -0.128 s)
@@ -147,7 +153,12 @@ def test_resumes_from_the_last_finished_chunk(storage, tmp_path, upscaler) -> No
     assert asyncio.run(video.run_video(again, storage)) == done and again.calls == 0  # finished: the result comes back as it was
 
 
-def test_not_a_video(storage, tmp_path, upscaler) -> None:
+def test_not_a_video_and_no_playlists(storage, tmp_path, upscaler) -> None:
     (tmp_path / "in" / "fake.mp4").write_bytes(b"\x00" * 100)
-    with pytest.raises(InvalidInput):
-        asyncio.run(video.run_video(LocalContext(upscaler, {"input": str(tmp_path / "in" / "fake.mp4")}, operation="video"), storage))
+    # an HLS playlist would have FFmpeg read segments from anywhere on disk: refused by its first bytes
+    (tmp_path / "in" / "list.mp4").write_text(f"#EXTM3U\n#EXT-X-TARGETDURATION:1\n#EXTINF:1,\nfile://{tmp_path}/in/clip.mp4\n#EXT-X-ENDLIST\n")
+    (tmp_path / "in" / "concat.mp4").write_text(f"ffconcat version 1.0\nfile '{tmp_path}/in/clip.mp4'\n")
+    for name in ("fake.mp4", "list.mp4", "concat.mp4"):
+        with pytest.raises(InvalidInput):
+            asyncio.run(video.run_video(LocalContext(upscaler, {"input": str(tmp_path / "in" / name)}, operation="video"), storage))
+    assert video.demuxer_of(b"\x1a\x45\xdf\xa3" + bytes(12)) == "matroska" and video.demuxer_of(b"RIFF\0\0\0\0AVI LIST") == "avi"
