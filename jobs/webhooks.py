@@ -19,9 +19,11 @@ each attempt (:func:`check_callback_url`).
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import logging
 import os
+import socket
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from urllib.parse import urlsplit
@@ -62,6 +64,11 @@ class WebhookConfig(Strict):
         default_factory=list, repr=False, description="signing secrets given inline (tests, development; use secret_envs otherwise)"
     )
     require_https: bool = Field(False, description="refuse http:// callback URLs")
+    allow_private_networks: bool = Field(
+        False,
+        description="let a host name on the allow-list resolve to a private, loopback or link-local address (an IP literal "
+        "on the list is always allowed: it names its address)",
+    )
     max_attempts: int = Field(8, ge=1, le=50, description="attempts per event before it is given up")
     backoff_s: float = Field(5.0, gt=0, le=3600, description="seconds before the second attempt; doubles each attempt")
     backoff_max_s: float = Field(3600.0, gt=0, le=86400, description="longest wait between attempts, seconds")
@@ -106,7 +113,9 @@ def _host_allowed(host: str, port: int | None, scheme: str, allowed: list[str]) 
 
 def check_callback_url(url: object, config: WebhookConfig) -> str:
     """The callback URL, if the allow-list admits it: ``http(s)://host[:port]/path`` with no
-    user info and a host (and port, when the entry names one) on ``allowed_hosts``.
+    user info and a host (and port, when the entry names one) on ``allowed_hosts``; a host name
+    must not resolve to a private, loopback or link-local address (SSRF into the cluster's
+    network) unless ``allow_private_networks``. Blocking (DNS): call it from a thread.
 
     Raises:
         InvalidInput: not such a URL, or a host not on the allow-list (the list is not revealed).
@@ -123,9 +132,31 @@ def check_callback_url(url: object, config: WebhookConfig) -> str:
         raise InvalidInput(f"callback_url must be an {' or '.join(schemes)} URL with a host")
     if parts.username is not None or parts.password is not None:
         raise InvalidInput("callback_url may not carry user info")
-    if not _host_allowed(parts.hostname.lower(), port, parts.scheme, config.allowed_hosts):
+    host = parts.hostname.lower()
+    if not _host_allowed(host, port, parts.scheme, config.allowed_hosts):
         raise InvalidInput("callback_url's host is not on the webhook allow-list")
+    if not config.allow_private_networks and not _is_ip(host):
+        for address in _addresses(host, port or (443 if parts.scheme == "https" else 80)):
+            if not address.is_global:
+                raise InvalidInput("callback_url's host resolves to a private, loopback or link-local address")
     return url
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _addresses(host: str, port: int) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    """What ``host`` resolves to now (none if it does not resolve: the attempt then fails and is retried)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError):
+        return []
+    return [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]
 
 
 def event_body(event_type: str, job: dict, at: datetime) -> bytes:
@@ -176,7 +207,7 @@ async def send(
     :meth:`WebhookConfig.delay`, or None after the last attempt or when the URL is refused.
     """
     try:
-        check_callback_url(url, config)
+        await asyncio.to_thread(check_callback_url, url, config)
     except InvalidInput as err:
         return Attempt(None, err.message, None)
     headers = {**sign(message_id, now, body, config.signing_secrets()), "content-type": "application/json", "user-agent": USER_AGENT}

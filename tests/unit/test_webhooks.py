@@ -75,6 +75,17 @@ def test_allow_list(url, ok: bool) -> None:
         check_callback_url("http://hooks.example.com/", WebhookConfig(allowed_hosts=["hooks.example.com"], require_https=True))
 
 
+def test_names_resolving_to_private_addresses_are_refused() -> None:
+    """SSRF: an allow-listed name that resolves into a private network is refused unless allowed;
+    an IP literal on the list names its address and is taken as meant."""
+    config = WebhookConfig(allowed_hosts=["localhost", "127.0.0.1"])
+    with pytest.raises(InvalidInput) as err:
+        check_callback_url("http://localhost:9000/cb", config)
+    assert "private, loopback" in err.value.message
+    assert check_callback_url("http://127.0.0.1:9000/cb", config)
+    assert check_callback_url("http://localhost:9000/cb", WebhookConfig(allowed_hosts=["localhost"], allow_private_networks=True))
+
+
 def test_backoff_schedule() -> None:
     config = WebhookConfig(max_attempts=5, backoff_s=2, backoff_max_s=10)
     assert [config.delay(n) for n in range(1, 6)] == [2, 4, 8, 10, None]
