@@ -73,11 +73,13 @@ class Location:
 
     @property
     def local(self) -> bool:
+        """Whether the place is on this machine's file system (``file://``)."""
         protocols = self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,)
         return "file" in protocols
 
     @property
     def name(self) -> str:
+        """The last path segment (the file's name), ``""`` for a bucket's root."""
         return posixpath.basename(self.path.rstrip("/"))
 
 
