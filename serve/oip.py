@@ -87,7 +87,7 @@ def model_metadata(family: "Family") -> dict:
         "name": family.name,
         "versions": list(family.variants),
         "platform": PLATFORM,
-        "inputs": [{"name": INPUT, "datatype": "BYTES", "shape": [1]}],
+        "inputs": _signatures(default)[0]["inputs"] if default.body == "json" else [{"name": INPUT, "datatype": "BYTES", "shape": [1]}],
         "outputs": [{"name": output, "datatype": "BYTES", "shape": [1]}],
         "pixelfleet": {
             "title": family.spec.title,

@@ -241,6 +241,10 @@ def test_oip_v2(http):
     response = http.post("/v2/models/diffusion/infer", json=body)
     assert response.status_code == 200, response.text
     assert json.loads(response.json()["outputs"][0]["data"][0])["loras"] == [{"id": "tiny-style", "scale": 1.0}]
+    metadata = http.get("/v2/models/diffusion").json()
+    operations = {op["name"]: op for op in metadata["pixelfleet"]["operations"]}
+    assert [i["name"] for i in operations["inpaint"]["signatures"][0]["inputs"]] == ["image", "mask"]
+    assert metadata["inputs"] == [] and metadata["outputs"][0]["name"] == "json"  # txt2img: no image in
     bad = http.post("/v2/models/diffusion/infer", json={"parameters": {"operation": "img2img", **BASE}, "inputs": [prompt]})
     assert bad.status_code == 400 and "image" in bad.json()["error"]
 
