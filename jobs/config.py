@@ -41,6 +41,7 @@ class JobsConfig(Strict):
     backoff_max_s: float = Field(300.0, gt=0, le=86400, description="the longest delay between retries")
     page_size: int = Field(50, ge=1, le=1000, description="jobs per page of GET /v1/jobs by default")
     events_interval_s: float = Field(0.5, gt=0, le=60, description="seconds between the store reads of GET /v1/jobs/{id}/events")
+    events_max_s: float = Field(300.0, gt=0, le=86400, description="seconds one GET /v1/jobs/{id}/events stream lasts at most (then the client reconnects)")
     storage: StorageConfig | None = Field(
         None,
         description="where inputs may come from and results go (jobs/storage.py); default (filled in): "

@@ -4,7 +4,8 @@ app's ingress.
 Each replica runs one asyncio loop, started in ``__init__``: give up jobs whose worker died on
 their last attempt, claim runnable jobs up to ``jobs.concurrency`` (a lease of ``lease_s``
 seconds each), deliver due webhooks, then sleep ``poll_interval_s`` or until :meth:`JobWorker.wake`
-(the ingress calls it after a submit). A running job's lease is renewed every ``heartbeat_s``;
+(the ingress calls it after a submit); webhook deliveries run in a task of their own. Each
+claim gets its own lease token (the row's ``lease_owner``), renewed every ``heartbeat_s``;
 when a renewal finds the job no longer ours (cancelled, or the lease expired and another worker
 took it), its work is cancelled and whatever it produced is dropped. A replica that dies stops
 renewing: its jobs' leases expire and any replica claims them again (``attempts`` counts each
@@ -58,10 +59,16 @@ def error_of(err: BaseException) -> tuple[dict, bool]:
 
 
 class RunningJob:
-    """The :class:`~pixelfleet.jobs.context.JobContext` of one claimed job in this replica."""
+    """The :class:`~pixelfleet.jobs.context.JobContext` of one claim of a job in this replica.
+
+    ``lease`` is the claim's own token (``<worker id>/<random>``, the row's ``lease_owner``):
+    every write of this run names it, so a later claim of the same job (by another replica, or
+    by this one after its heartbeats failed for longer than the lease) makes this run's writes
+    fail instead of mixing with the new run's."""
 
     def __init__(self, worker: JobWorker, job: Job) -> None:
         self._worker, self._job = worker, job
+        self.lease: str = job.lease_owner or ""
         self.job_id, self.family, self.operation = job.id, job.family, job.operation
         self.params: dict = dict(job.params or {})
         self.model: str | None = job.model
@@ -69,26 +76,30 @@ class RunningJob:
         self.attempt: int = job.attempts
         self.resume_state: dict | None = job.checkpoint
         self.owner = job.owner
+        self.caller = job.owner.partition(":")[2] or None  # the sticky A/B key: the name without its kind
         self._cancelled = False
         self.task: asyncio.Task | None = None
 
-    async def infer(self, family: str, operation: str, data: bytes, params: dict, model: str | None = None) -> InferResult:
-        answer = await self._worker.ingress().run_operation.remote(family, operation, data, params, model, self.owner or None)
+    async def infer(self, family: str, operation: str, data: bytes | dict[str, bytes], params: dict, model: str | None = None) -> InferResult:
+        """One operation through the ingress's ``run_operation`` (see :class:`JobContext`)."""
+        answer = await self._worker.ingress().run_operation.remote(family, operation, data, params, model, self.caller)
         return InferResult(answer["content"], answer["media_type"], answer["variant"])
 
     async def progress(self, done: int, total: int, stage: str) -> None:
+        """Write ``100 * done / total`` percent and ``stage`` to the row, renewing the lease."""
         percent = 100.0 * done / total if total > 0 else 0.0
         config = self._worker.config
-        held = await asyncio.to_thread(self._worker.store.progress, self.job_id, self._worker.worker_id, percent, stage, config.lease_s)
-        if not held:
+        if not await asyncio.to_thread(self._worker.store.progress, self.job_id, self.lease, percent, stage, config.lease_s):
             self.lost()
 
     async def checkpoint(self, state: dict) -> None:
+        """Persist ``state`` in the row (a rerun's ``resume_state``), renewing the lease."""
         store, config = self._worker.store, self._worker.config
-        if not await asyncio.to_thread(store.save_checkpoint, self.job_id, self._worker.worker_id, state, config.lease_s):
+        if not await asyncio.to_thread(store.save_checkpoint, self.job_id, self.lease, state, config.lease_s):
             self.lost()
 
     def cancelled(self) -> bool:
+        """Whether this run lost its job (cancelled, or claimed again): stop soon."""
         return self._cancelled
 
     def lost(self) -> None:
@@ -120,6 +131,7 @@ class JobWorker:
         self._ingress = None
         self._wake = asyncio.Event()
         self._http = httpx.AsyncClient()
+        self._delivering: asyncio.Task | None = None
         self._loop = asyncio.get_running_loop().create_task(self._poll())
         logger.info("job worker %s polls %s every %.2f s", self.worker_id, self.store.engine.url.render_as_string(hide_password=True), self.config.poll_interval_s)
 
@@ -151,7 +163,7 @@ class JobWorker:
             if job.task is not None:
                 job.task.cancel()
             try:
-                await asyncio.to_thread(self.store.release, job.job_id, self.worker_id)
+                await asyncio.to_thread(self.store.release, job.job_id, job.lease)
             except Exception:  # the store is gone too: the lease will expire instead
                 logger.warning("could not hand job %s back; its lease will expire", job.job_id)
         await self._http.aclose()
@@ -176,15 +188,20 @@ class JobWorker:
         for job_id in await asyncio.to_thread(self.store.give_up_exhausted):
             logger.warning("job %s failed: its worker was lost on every attempt", job_id)
         while len(self.running) < self.config.concurrency:
-            job = await asyncio.to_thread(self.store.claim, self.worker_id, self.config.lease_s)
+            lease = f"{self.worker_id}/{uuid.uuid4().hex[:8]}"  # this claim's own token
+            job = await asyncio.to_thread(self.store.claim, lease, self.config.lease_s)
             if job is None:
                 break
+            if job.id in self.running:  # our own earlier run lost its lease (heartbeats failed): it stops
+                self.running[job.id].lost()
             running = RunningJob(self, job)
             self.running[job.id] = running
             asyncio.get_running_loop().create_task(self._run(running))
-        from pixelfleet.jobs.webhooks import deliver_due
+        if self._delivering is None or self._delivering.done():  # webhooks in a task of their own: a slow receiver holds up no claim
+            from pixelfleet.jobs.webhooks import deliver_due
 
-        await deliver_due(self.store, self.config.webhooks, self._http)
+            self._delivering = asyncio.get_running_loop().create_task(deliver_due(self.store, self.config.webhooks, self._http))
+            self._delivering.add_done_callback(_log_failure)
 
     async def _run(self, job: RunningJob) -> None:
         logger.info("job %s (%s/%s) attempt %d started", job.job_id, job.family, job.operation, job.attempt)
@@ -201,7 +218,7 @@ class JobWorker:
             error, retry = error_of(err)
             webhook = job._job.callback_url is not None
             state = await asyncio.to_thread(
-                self.store.fail, job.job_id, self.worker_id, error, self.config.backoff(job.attempt) if retry else None, webhook
+                self.store.fail, job.job_id, job.lease, error, self.config.backoff(job.attempt) if retry else None, webhook
             )
             logger.info("job %s attempt %d failed (%s): now %s", job.job_id, job.attempt, error["code"], state)
             if state == FAILED:
@@ -209,23 +226,27 @@ class JobWorker:
             return
         finally:
             heartbeat.cancel()
-            self.running.pop(job.job_id, None)
+            if self.running.get(job.job_id) is job:  # not a later claim of the same job
+                del self.running[job.job_id]
             self._wake.set()  # a slot is free
         done = await asyncio.to_thread(
-            self.store.succeed, job.job_id, self.worker_id, result_url=outcome.get("result_url"), media_type=outcome.get("media_type"),
+            self.store.succeed, job.job_id, job.lease, result_url=outcome.get("result_url"), media_type=outcome.get("media_type"),
             variant=outcome.get("variant"), result=outcome.get("result"), webhook=job._job.callback_url is not None,
         )  # fmt: skip
-        if not done and outcome.get("result_url"):  # not ours any more: drop what this run wrote
-            logger.info("job %s finished after losing its lease; its result is dropped", job.job_id)
-            await asyncio.to_thread(self.storage.delete, outcome["result_url"])
-        else:
+        if done:
             logger.info("job %s succeeded (attempt %d)", job.job_id, job.attempt)
+            return
+        logger.info("job %s finished after losing its lease; its result is dropped", job.job_id)
+        if job.operation not in COMPOSITE and outcome.get("result_url"):  # this attempt's own file (batch/video outputs are shared)
+            current = await asyncio.to_thread(self.store.get, job.job_id)
+            if current is None or current.result_url != outcome["result_url"]:
+                await asyncio.to_thread(self.storage.delete, outcome["result_url"])
 
     async def _heartbeat(self, job: RunningJob) -> None:
         while True:
             await asyncio.sleep(self.config.heartbeat_interval_s)
             try:
-                held = await asyncio.to_thread(self.store.heartbeat, job.job_id, self.worker_id, self.config.lease_s)
+                held = await asyncio.to_thread(self.store.heartbeat, job.job_id, job.lease, self.config.lease_s)
             except Exception:  # the store did not answer: try again; the final write checks the lease
                 logger.warning("heartbeat of job %s failed", job.job_id, exc_info=True)
                 continue
@@ -254,6 +275,11 @@ class JobWorker:
         url = self.storage.result_url(job.job_id, f"{job.attempt}{EXTENSIONS.get(media_type, '.bin')}")
         url = await asyncio.to_thread(self.storage.write_bytes, url, content)
         return {"result_url": url, "media_type": media_type, "variant": answer.variant, "result": None}
+
+
+def _log_failure(task: asyncio.Task) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("webhook delivery failed", exc_info=task.exception())
 
 
 def _json_bytes(content: dict) -> bytes:

@@ -25,6 +25,7 @@ import asyncio
 import base64
 import binascii
 import json
+import time
 import uuid
 from typing import TYPE_CHECKING, Literal
 
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
     from pixelfleet.serve.ingress import Ingress
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
+KEEP_ALIVE_S = 15.0  # an SSE comment line this often keeps proxies from closing an idle stream
 MAX_IDEMPOTENCY_KEY = 255
 ANONYMOUS = ""
 
@@ -79,6 +81,23 @@ class JobRequest(BaseModel):
     priority: int = Field(0, ge=-1000, le=1000, description="higher runs first")
 
 
+def _inline(schema: dict) -> dict:
+    """A pydantic JSON schema with its ``$defs`` written in place of their ``$ref`` (OpenAPI's
+    ``openapi_extra`` has no room for ``$defs``)."""
+    defs = schema.pop("$defs", {})
+
+    def walk(node):
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return walk(defs[node["$ref"].rsplit("/", 1)[-1]])
+            return {key: walk(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [walk(value) for value in node]
+        return node
+
+    return walk(schema)
+
+
 def _image_inputs(operation) -> dict[str, bool]:
     """The operation's image inputs and whether each is required: ``{"image": True}`` for an
     image-body operation, its named ``images`` for a JSON-body one."""
@@ -88,8 +107,14 @@ def _image_inputs(operation) -> dict[str, bool]:
 
 
 def owner_of(request: Request) -> str:
-    """Whose job it is: the principal's name (auth on), else ``X-Client-Id``, else anonymous."""
-    return caller_of(request) or ANONYMOUS
+    """Whose job it is: ``<kind>:<name>`` of the authenticated caller (``api_key:ci``,
+    ``jwt:alice``) when auth is on, else ``client:<X-Client-Id>``, else anonymous (``""``). The
+    kind keeps a key, a token subject and a client id of the same name apart."""
+    principal = getattr(request.state, "principal", None)
+    if principal is not None:
+        return f"{principal.kind}:{principal.name}"
+    client = caller_of(request)
+    return f"client:{client}" if client else ANONYMOUS
 
 
 def _idempotency_key(request: Request) -> str | None:
@@ -198,6 +223,7 @@ class Jobs:
         return shown
 
     def owned(self, job_id: str, owner: str) -> Job:
+        """``owner``'s job ``job_id``; NotFound (404) if there is none (or it is another's)."""
         job = self.store.get(job_id, owner)
         if job is None:
             raise NotFound(f"no job {job_id}")
@@ -209,7 +235,9 @@ def build_router(ingress: "Ingress") -> APIRouter:
     jobs = Jobs(ingress)
     router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
-    @router.post("", status_code=202, response_class=JSONResponse)
+    body_schema = {"required": True, "content": {"application/json": {"schema": _inline(JobRequest.model_json_schema())}}}
+
+    @router.post("", status_code=202, response_class=JSONResponse, openapi_extra={"requestBody": body_schema})
     async def submit(request: Request) -> JSONResponse:
         """Submit a job; 202 with the job and ``Location``. See the module's docstring."""
         raw = await read_limited(request, ingress.config.limits.max_body_bytes)
@@ -283,31 +311,46 @@ def build_router(ingress: "Ingress") -> APIRouter:
         headers = {VARIANT_HEADER: job.variant} if job.variant else {}
         if job.operation == "batch" or job.result_url is None:
             return JSONResponse(job.result or {}, headers=headers)
-        data = await asyncio.to_thread(jobs.storage.read_bytes, job.result_url, 1 << 40)
-        return Response(data, media_type=job.result_media_type, headers=headers)
+        where = await asyncio.to_thread(jobs.storage.locate, job.result_url)
+
+        def chunks():  # streamed from storage in 1 MiB pieces (Starlette iterates it in a thread)
+            with where.fs.open(where.path, "rb") as source:
+                while block := source.read(1 << 20):
+                    yield block
+
+        return StreamingResponse(chunks(), media_type=job.result_media_type, headers=headers)
 
     @router.get("/{job_id}/events", response_class=StreamingResponse, responses={200: {"content": {"text/event-stream": {}}}})
     async def job_events(job_id: str, request: Request) -> StreamingResponse:
         """Server-sent events (text/event-stream, the WHATWG HTML standard's format): ``state``
         when the job's state changes, ``progress`` when only its progress does; each ``data`` is
-        the job's JSON. The stream ends when the job has ended."""
+        the job's JSON, its ``id`` a counter. A comment line (``: keep-alive``) goes out every
+        :data:`KEEP_ALIVE_S` seconds without an event, and a stream ends after
+        ``jobs.events_max_s`` seconds (the client connects again: ``retry`` says after how many
+        milliseconds), so a watcher holds an ingress slot for a bounded time."""
         owner = owner_of(request)
         first = await asyncio.to_thread(jobs.owned, job_id, owner)
 
         async def events():
-            job, shown = first, None
+            job, shown, number = first, None, 0
+            started = last_sent = time.monotonic()
+            yield f"retry: {int(jobs.config.poll_interval_s * 1000)}\n\n"
             while job is not None:
                 now = (job.state, job.progress, job.stage, job.attempts)
                 if shown is None or now != shown:
                     kind = "state" if shown is None or shown[0] != job.state or shown[3] != job.attempts else "progress"
-                    yield f"event: {kind}\ndata: {json.dumps(job.public(), separators=(',', ':'))}\n\n"
-                    shown = now
-                if job.state in TERMINAL or await request.is_disconnected():
+                    number += 1
+                    yield f"id: {number}\nevent: {kind}\ndata: {json.dumps(job.public(), separators=(',', ':'))}\n\n"
+                    shown, last_sent = now, time.monotonic()
+                elif time.monotonic() - last_sent >= KEEP_ALIVE_S:
+                    yield ": keep-alive\n\n"
+                    last_sent = time.monotonic()
+                if job.state in TERMINAL or await request.is_disconnected() or time.monotonic() - started > jobs.config.events_max_s:
                     return
                 await asyncio.sleep(jobs.config.events_interval_s)
                 job = await asyncio.to_thread(jobs.store.get, job_id, owner)
 
-        return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     return router
 

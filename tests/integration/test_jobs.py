@@ -20,6 +20,7 @@ import pytest
 from tests.conftest import REPO, synthetic_photo
 from tests.integration.apps import beside_session
 from tests.integration.conftest import INVERT_KIND, open_image, png_bytes
+from tests.integration.polling import until
 
 pytestmark = pytest.mark.integration
 
@@ -48,14 +49,13 @@ def headers_of(client_id: str, key: str | None = None) -> dict[str, str]:
 
 
 def wait_for(http: httpx.Client, job_id: str, client_id: str, states: set[str], timeout_s: float = 60) -> dict:
-    """Poll the job until its state is one of ``states``."""
-    deadline = time.monotonic() + timeout_s
-    while True:
+    """The job, polled until its state is one of ``states``."""
+
+    def job_in_state() -> dict | None:
         job = http.get(f"/v1/jobs/{job_id}", headers=headers_of(client_id)).json()
-        if job["state"] in states or time.monotonic() > deadline:
-            assert job["state"] in states, job
-            return job
-        time.sleep(0.1)
+        return job if job["state"] in states else None
+
+    return until(job_in_state, timeout_s, f"job {job_id} in {sorted(states)}")
 
 
 def assert_inverted(http: httpx.Client, job_id: str, client_id: str) -> bytes:
@@ -273,10 +273,7 @@ def test_jobs_queued_and_running_survive_a_restart_of_the_whole_app(jobs_app, ht
     wait_for(http, ids[0], "restarted", {"running"})
     running = control.deployed_config()
     control.submit(running.model_copy(update={"applications": [a for a in running.applications if a.name != APP]}))  # delete the app
-    deadline = time.monotonic() + 120
-    while APP in serve.status().applications and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert APP not in serve.status().applications
+    until(lambda: APP not in serve.status().applications, 120, f"{APP} deleted")
     store = JobStore(f"sqlite:///{database}")
     try:
         between = {job_id: store.get(job_id).state for job_id in ids}  # nothing lost while no app runs

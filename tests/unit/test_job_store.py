@@ -102,10 +102,10 @@ def test_claims_follow_priority_then_age_and_each_job_goes_to_one_worker(store):
 
 def test_an_expired_lease_lets_another_worker_run_the_job_and_the_first_cannot_finish_it(store):
     job, _ = store.submit(new_job(), 3)
-    first = store.claim("dead-worker", lease_s=0.2)
+    first = store.claim("dead-worker", lease_s=0.6)
     assert first.state == RUNNING and first.attempts == 1
     assert store.claim("w2", lease_s=30) is None  # leased
-    time.sleep(0.3)
+    time.sleep(0.7)
     second = store.claim("w2", lease_s=30)
     assert second.id == job.id and second.attempts == 2
     assert not store.heartbeat(job.id, "dead-worker", 30)
@@ -119,7 +119,7 @@ def test_an_expired_lease_lets_another_worker_run_the_job_and_the_first_cannot_f
 
 
 def test_failures_retry_with_backoff_then_fail_with_the_error_kept(store):
-    config = JobsConfig(max_attempts=2, backoff_s=0.2)
+    config = JobsConfig(max_attempts=2, backoff_s=0.6)
     job, _ = store.submit(new_job(), config.max_attempts)
     store.claim("w", 30)
     error = {"code": "model_unavailable", "message": "no replica"}
@@ -127,7 +127,7 @@ def test_failures_retry_with_backoff_then_fail_with_the_error_kept(store):
     queued = store.get(job.id)
     assert queued.error == error and queued.run_after > queued.updated_at
     assert store.claim("w", 30) is None  # not before run_after
-    time.sleep(0.25)
+    time.sleep(0.7)
     assert store.claim("w", 30).attempts == 2
     assert store.fail(job.id, "w", error, retry_in_s=config.backoff(2)) == FAILED  # no attempts left
     failed = store.get(job.id)
@@ -140,8 +140,13 @@ def test_a_worker_lost_on_every_attempt_fails_the_job(store):
     store.claim("dead", lease_s=0.1)
     time.sleep(0.2)
     assert store.claim("w", 30) is None  # no attempt left to claim
+    delivered, _ = store.submit(new_job(), max_attempts=1)  # finished, its webhook delivered: untouched
+    store.claim("w", 30)
+    store.succeed(delivered.id, "w", result_url="u", media_type="image/png", variant="v", webhook=True)
+    store.record_delivery(delivered.id, 200, None, None, delivered=True)
     assert store.give_up_exhausted() == [job.id]
     assert store.get(job.id).error["code"] == "worker_lost"
+    assert (store.get(delivered.id).state, store.get(delivered.id).webhook_state) == (SUCCEEDED, "delivered")
 
 
 def test_cancel_stops_queued_and_running_jobs_but_not_finished_ones(store):
@@ -158,6 +163,16 @@ def test_cancel_stops_queued_and_running_jobs_but_not_finished_ones(store):
     store.claim("w", 30)
     store.succeed(done.id, "w", result_url="u", media_type="image/png", variant="v")
     assert store.cancel(done.id, "alice").state == SUCCEEDED
+
+
+def test_a_lease_belongs_to_one_claim_not_to_the_worker(store):
+    job, _ = store.submit(new_job(), 3)
+    store.claim("replica-1/claim-a", lease_s=0.1)
+    time.sleep(0.2)  # its heartbeats failed for longer than the lease: the same replica claims it again
+    assert store.claim("replica-1/claim-b", lease_s=30).attempts == 2
+    assert not store.heartbeat(job.id, "replica-1/claim-a", 30)  # the first run's writes are refused
+    assert not store.succeed(job.id, "replica-1/claim-a", result_url="a", media_type="image/png", variant="v")
+    assert store.succeed(job.id, "replica-1/claim-b", result_url="b", media_type="image/png", variant="v")
 
 
 def test_release_hands_a_job_back_without_counting_the_run(store):
@@ -215,8 +230,9 @@ def test_a_job_belongs_to_the_authenticated_caller_before_the_client_id_header()
         return Request(scope)
 
     alice = Principal("alice", frozenset({"jobs"}), "api_key")
-    assert owner_of(request(alice, "mallory")) == "alice"  # the header cannot claim another's jobs
-    assert owner_of(request(None, "bob")) == "bob"
+    assert owner_of(request(alice, "mallory")) == "api_key:alice"  # the header cannot claim another's jobs
+    assert owner_of(request(Principal("alice", frozenset({"jobs"}), "jwt"), None)) == "jwt:alice"  # a token's sub is not a key's name
+    assert owner_of(request(None, "alice")) == "client:alice"
     assert owner_of(request(None, None)) == ANONYMOUS
 
 
