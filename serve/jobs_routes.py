@@ -198,8 +198,9 @@ class Jobs:
             if getattr(operation, "body", "image") == "json":
                 named = {"as": next(iter(_image_inputs(operation)))}
         if given.url is not None:
-            self.storage.size(given.url)  # refused (400), missing (404)
-            return {"url": self.storage.locate(given.url).url, **named}
+            where = self.storage.locate(given.url, results=False)  # refused (400): not below an input root (results are their owner's)
+            self.storage.size(where.url)  # missing (404)
+            return {"url": where.url, **named}
         try:
             data = base64.b64decode(given.data, validate=True)
         except (binascii.Error, ValueError):
