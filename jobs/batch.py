@@ -65,11 +65,14 @@ class BatchParams(Strict):
 @dataclass(frozen=True)
 class Item:
     """One input: ``source`` is a storage URL, or the member name inside the zip; ``stem`` is the
-    output's name relative to the output folder, without suffix."""
+    output's name relative to the output folder, without suffix; ``label`` what the manifest calls
+    the input (the URL as the request gave it, or the name below the prefix or in the zip: never
+    a resolved server path)."""
 
     index: int
     source: str
     stem: str
+    label: str = ""
 
 
 def _strip_suffix(name: str) -> str:
@@ -77,7 +80,7 @@ def _strip_suffix(name: str) -> str:
     return stem if dot and stem and not stem.endswith("/") else name
 
 
-def plan_items(names: list[str], sources: list[str] | None = None) -> list[Item]:
+def plan_items(names: list[str], sources: list[str] | None = None, labels: list[str] | None = None) -> list[Item]:
     """Items for relative ``names`` (``sub/a.jpg``), in the given order, each with a unique
     output stem: the name less its suffix, or the whole name when two names share a stem
     (``a.jpg``, ``a.png`` -> ``a``, ``a.png``), or the index before it after that.
@@ -93,7 +96,7 @@ def plan_items(names: list[str], sources: list[str] | None = None) -> list[Item]
             if stem not in taken:
                 break
         taken.add(stem)
-        items.append(Item(index, sources[index] if sources else name, stem))
+        items.append(Item(index, sources[index] if sources else name, stem, labels[index] if labels else name))
     return items
 
 
@@ -126,7 +129,7 @@ def list_items(batch: BatchParams, storage: Storage, zip_file: zipfile.ZipFile |
     if batch.inputs is not None:
         urls = [storage.locate(url).url for url in batch.inputs]
         names = [posixpath.basename(url.rstrip("/")) or "item" for url in urls]
-        items = plan_items(names, urls)
+        items = plan_items(names, urls, list(batch.inputs))
     elif batch.prefix is not None:
         found = storage.list_files(batch.prefix, max_files=batch.max_items)
         items = plan_items([name for name, _ in found], [url for _, url in found])
@@ -177,7 +180,8 @@ class _Run:
                 variant = answer.variant
                 content = answer.content if isinstance(answer.content, bytes) else json.dumps(answer.content).encode()
                 suffix = SUFFIXES.get(answer.media_type.split(";")[0], ".bin")
-                output = await asyncio.to_thread(self.storage.write_bytes, check_url_syntax(f"{self.out}/{item.stem}{suffix}"), content)
+                await asyncio.to_thread(self.storage.write_bytes, check_url_syntax(f"{self.out}/{item.stem}{suffix}"), content)
+                output = f"{item.stem}{suffix}"
             except (zipfile.BadZipFile, KeyError) as err:  # a corrupt zip member
                 error = {"code": "invalid_input", "message": f"cannot read the zip member: {type(err).__name__}"}
             except Exception as err:
@@ -186,14 +190,15 @@ class _Run:
                 error = {"code": err.code, "message": err.message}
             self.done += 1
             await self.ctx.progress(self.done, total, "items")
-            return manifest_line(item.source, output, error, variant, time.monotonic() - started), variant
+            return manifest_line(item.label, output, error, variant, time.monotonic() - started), variant
 
 
 async def run_batch(ctx: JobContext, storage: Storage) -> WorkResult:
     """Run (or resume, from ``ctx.resume_state``) the batch job ``ctx``.
 
     Returns:
-        WorkResult: ``result`` ``{"manifest", "output", "total", "ok", "failed"}`` with
+        WorkResult: ``result`` ``{"manifest": "manifest.jsonl", "total", "ok", "failed"}`` (names
+        relative to the job's results folder, as the manifest's outputs are) with
         ``result_url`` the manifest (``application/x-ndjson``), ``variant`` every variant that served.
 
     Raises:
@@ -235,7 +240,7 @@ async def run_batch(ctx: JobContext, storage: Storage) -> WorkResult:
             }  # fmt: skip
             await ctx.checkpoint(state)
         manifest = await asyncio.to_thread(_join_parts, storage, out, state["parts"])
-    summary = {"manifest": manifest, "output": out, "total": len(items), "ok": state["ok"], "failed": state["failed"]}
+    summary = {"manifest": MANIFEST, "total": len(items), "ok": state["ok"], "failed": state["failed"]}
     done = WorkResult(result=summary, result_url=manifest, media_type=MEDIA_TYPE, variant=variants_of(state["variants"]))
     await ctx.checkpoint({**state, "done": done})  # before the parts go: a rerun from here needs none of them
     await asyncio.to_thread(storage.delete, f"{out}/{PARTS}", True)

@@ -125,7 +125,7 @@ def run_local(paths: list[Path], options: Options, on_progress: Callable[[int, i
     else:
         job = {"operation": "upscale", "inputs": [str(p.resolve()) for _, p in files], "params": params}
     done = asyncio.run(batch.run_batch(LocalContext(upscaler, job, on_progress=on_progress, job_id=out.name), storage))
-    return done["result"]
+    return {**done["result"], "manifest": str(out / done["result"]["manifest"]), "output": str(out)}
 
 
 # ---- against a running app ----

@@ -40,9 +40,12 @@ def wait_for(client: httpx.Client, job_id: str, timeout_s: float = 120) -> dict:
         time.sleep(0.2)
 
 
-def local_path(url: str) -> Path:
-    assert url.startswith("file:///"), url
-    return Path(url.removeprefix("file://"))
+def results_root() -> Path:
+    """The session app's local results root (``jobs.storage.results`` of its deployed config)."""
+    from pixelfleet.serve import control
+
+    app = next(a for a in control.deployed_config().applications if a.name == "pixelfleet")
+    return Path(app.args["jobs"]["storage"]["results"])
 
 
 @pytest.fixture(scope="module")
@@ -89,15 +92,17 @@ def test_batch_from_s3_with_a_bad_image_and_a_signed_webhook(client, s3, receive
     assert job["state"] == "succeeded" and job["progress"]["percent"] == 100 and job["variant"] == "superres/srresnet-x2"
     summary = client.get(f"/v1/jobs/{job['id']}/result", headers=OWNER).json()
     assert (summary["total"], summary["ok"], summary["failed"]) == (3, 2, 1)
-    rows = [json.loads(line) for line in local_path(summary["manifest"]).read_text().splitlines()]
-    assert [r["input"] for r in rows] == [f"s3://{S3_INPUTS}/batch/{n}" for n in ("a.png", "broken.png", "deep/b.png")]
+    folder = results_root() / job["id"]  # the job's own results folder; the API shows no server path
+    assert summary["manifest"] == "manifest.jsonl" and "/" not in json.dumps(summary).replace("manifest.jsonl", "")
+    rows = [json.loads(line) for line in (folder / summary["manifest"]).read_text().splitlines()]
+    assert [r["input"] for r in rows] == ["a.png", "broken.png", "deep/b.png"]  # names below the prefix
     assert [r["status"] for r in rows] == ["ok", "failed", "ok"] and rows[1]["error"]["code"] == "invalid_input"
-    assert Image.open(local_path(rows[2]["output"])).size == (40, 24)  # x2 of 20x12, under its relative name
-    assert rows[2]["output"].endswith(f"/{job['id']}/deep/b.png") and rows[0]["variant"] == "superres/srresnet-x2"
+    assert Image.open(folder / rows[2]["output"]).size == (40, 24)  # x2 of 20x12, under its relative name
+    assert rows[2]["output"] == "deep/b.png" and rows[0]["variant"] == "superres/srresnet-x2"
     # results belong to their job's owner: no request may name them as its input
     for refused in (
-        {"family": "superres", "operation": "batch", "params": {"operation": "upscale", "prefix": summary["output"]}},
-        {"family": "superres", "operation": "upscale", "input": {"url": rows[0]["output"]}},
+        {"family": "superres", "operation": "batch", "params": {"operation": "upscale", "prefix": str(folder)}},
+        {"family": "superres", "operation": "upscale", "input": {"url": str(folder / rows[0]["output"])}},
     ):
         answer = client.post("/v1/jobs", json=refused, headers={"X-Client-Id": "someone-else"})
         assert answer.status_code == 400 and answer.json()["error"]["code"] == "invalid_input", answer.text

@@ -71,10 +71,10 @@ def test_prefix_batch_with_a_bad_image(storage, tmp_path, upscaler) -> None:
     done = asyncio.run(batch.run_batch(ctx, storage))
     assert done["result"]["total"] == 3 and done["result"]["ok"] == 2 and done["result"]["failed"] == 1 and done["variant"] == "srresnet-x2"
     rows = read_manifest((tmp_path / "out" / ctx.job_id / "manifest.jsonl").read_text())
-    assert [r["input"].rsplit("/in/", 1)[1] for r in rows] == ["a.png", "broken.png", "sub/c.png"]
+    assert [r["input"] for r in rows] == ["a.png", "broken.png", "sub/c.png"]  # names below the prefix: no server path
     assert [r["status"] for r in rows] == ["ok", "failed", "ok"]
     assert rows[1]["error"]["code"] == "invalid_input" and rows[1]["output"] is None
-    assert rows[2]["output"].endswith(f"/out/{ctx.job_id}/sub/c.png") and rows[0]["variant"] == "srresnet-x2" and rows[0]["seconds"] > 0
+    assert rows[2]["output"] == "sub/c.png" and rows[0]["variant"] == "srresnet-x2" and rows[0]["seconds"] > 0
     assert Image.open(tmp_path / "out" / ctx.job_id / "sub" / "c.png").size == (20, 20)  # x2 of 10x10
     assert sorted(seen)[-1] == (3, 3, "items") and len(seen) == 3
     assert ctx.checkpoints[-2]["next"] == 3 and len(ctx.checkpoints) == 3  # one per chunk of 2, then the result
@@ -114,7 +114,7 @@ def test_zip_batch_resumes_after_a_crash(storage, tmp_path, upscaler) -> None:
     rows = read_manifest((tmp_path / "out" / "job-zip" / "manifest.jsonl").read_text())
     assert [r["input"] for r in rows] == [*(f"photos/{n}.png" for n in range(5)), "photos/readme.txt"]
     assert [r["status"] for r in rows] == ["ok"] * 5 + ["failed"] and done["result"] == {
-        "manifest": done["result_url"], "output": f"file://{tmp_path}/out/job-zip", "total": 6, "ok": 5, "failed": 1,
+        "manifest": "manifest.jsonl", "total": 6, "ok": 5, "failed": 1,
     }  # fmt: skip
     for n in range(5):
         assert np.asarray(Image.open(tmp_path / "out" / "job-zip" / "photos" / f"{n}.png")).shape == (24, 24, 3)
@@ -127,7 +127,7 @@ def test_list_batch_with_a_missing_file_and_another_format(storage, tmp_path, up
     done = asyncio.run(batch.run_batch(LocalContext(upscaler, params, job_id="mine"), storage))
     rows = read_manifest((tmp_path / "out" / "mine" / "manifest.jsonl").read_text())
     assert [r["status"] for r in rows] == ["ok", "failed"] and rows[1]["error"]["code"] == "not_found"
-    assert rows[0]["output"] == f"file://{tmp_path}/out/mine/a.jpg" and Image.open(tmp_path / "out" / "mine" / "a.jpg").format == "JPEG"
+    assert rows[0]["input"] == str(tmp_path / "in" / "a.png") and rows[0]["output"] == "a.jpg" and Image.open(tmp_path / "out" / "mine" / "a.jpg").format == "JPEG"
     assert done["result"]["failed"] == 1 and done["media_type"] == "application/x-ndjson"
 
 
