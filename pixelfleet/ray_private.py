@@ -117,3 +117,12 @@ def print_worker_lines(select) -> None:
 
     global_worker_stdstream_dispatcher.remove_handler("ray_print_logs")
     global_worker_stdstream_dispatcher.add_handler("ray_print_logs", print_selected)
+
+
+def allow_batching_outside_serve() -> None:
+    """Let a ``@serve.batch`` method run in a plain asyncio program (benchmarks of a replica's
+    class without Ray): Ray 2.60's batch queue asks the replica context for a warning only, and
+    that raises outside a replica. This skips the warning."""
+    from ray.serve import batching
+
+    batching._BatchQueue._warn_if_max_batch_size_exceeds_max_ongoing_requests = lambda self: None
