@@ -20,6 +20,11 @@ millisecond: nothing is read, no handle is called.
 Health and metrics routes (``/healthz``, ``/readyz``, ``/metrics``, ``/v2/health/*``) are neither
 counted nor refused, so probes and Prometheus keep answering under overload.
 
+**Streams** (server-sent events: ``GET /v1/jobs/{id}/events``, ``POST .../stream``) may stay open
+for minutes while they use no compute. They count like any request, and at most
+``admission.max_streams`` of them at once, so watchers can never take every slot of a replica
+from the requests that do the work.
+
 **Body bytes** (:class:`BodyLimitMiddleware`): every route, the JSON ones included, gets at most
 ``limits.max_body_bytes``: a larger declared ``Content-Length`` is answered 413 before anything is
 read, and a body sent without one (chunked) is cut off with 413 as soon as it passes the limit.
@@ -53,6 +58,11 @@ EXEMPT_PREFIXES = ("/v2/health/",)
 HEADROOM_FACTOR = 2
 
 
+def is_stream(path: str) -> bool:
+    """Whether ``path`` is a server-sent-events route (``.../events``, ``.../stream``)."""
+    return path.endswith(("/events", "/stream"))
+
+
 def is_exempt(path: str) -> bool:
     """Whether ``path`` (below the app's route prefix) is a health or metrics route."""
     return path in EXEMPT_PATHS or path.startswith(EXEMPT_PREFIXES)
@@ -70,30 +80,42 @@ class AdmissionMiddleware:
         app: the ASGI app inside this middleware.
         max_in_flight: requests admitted at once (>= 1).
         retry_after_s: whole seconds for the ``Retry-After`` header (RFC 9110 section 10.2.3).
+        max_streams: of those, server-sent-event streams (:func:`is_stream`) open at once
+            (>= 1; capped at ``max_in_flight``, which is also the default).
+
+    Raises:
+        ValueError: a limit below 1.
     """
 
-    def __init__(self, app: ASGIApp, max_in_flight: int, retry_after_s: int) -> None:
-        if max_in_flight < 1:
-            raise ValueError(f"max_in_flight must be >= 1, not {max_in_flight}")
-        self.app, self.max_in_flight, self.retry_after_s = app, max_in_flight, retry_after_s
+    def __init__(self, app: ASGIApp, max_in_flight: int, retry_after_s: int, max_streams: int | None = None) -> None:
+        max_streams = max_in_flight if max_streams is None else min(max_streams, max_in_flight)
+        if max_in_flight < 1 or max_streams < 1:
+            raise ValueError(f"max_in_flight ({max_in_flight}) and max_streams ({max_streams}) must be >= 1")
+        self.app, self.max_in_flight, self.max_streams, self.retry_after_s = app, max_in_flight, max_streams, retry_after_s
         self.in_flight = 0
+        self.streams = 0
         self.refused = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or is_exempt(route_path(Request(scope))):
+        path = route_path(Request(scope)) if scope["type"] == "http" else ""
+        if scope["type"] != "http" or is_exempt(path):
             await self.app(scope, receive, send)
             return
-        if self.in_flight >= self.max_in_flight:
+        stream = is_stream(path)
+        if self.in_flight >= self.max_in_flight or (stream and self.streams >= self.max_streams):
             self.refused += 1
-            error = Overloaded(f"the server is at capacity ({self.max_in_flight} requests in flight); retry shortly")
+            what = f"{self.max_streams} event streams open" if stream and self.streams >= self.max_streams else f"{self.max_in_flight} requests in flight"
+            error = Overloaded(f"the server is at capacity ({what}); retry shortly")
             error.headers = {"Retry-After": str(self.retry_after_s)}
             await error_response(error, Request(scope))(scope, receive, send)
             return
         self.in_flight += 1
+        self.streams += stream
         try:
             await self.app(scope, receive, send)
         finally:
             self.in_flight -= 1
+            self.streams -= stream
 
 
 class BodyLimitMiddleware:
@@ -141,7 +163,7 @@ class BodyLimitMiddleware:
         await self.app(scope, limited_receive, send)
 
 
-def install_admission(api: Any, max_in_flight: int, retry_after_s: int, max_body_bytes: int) -> None:
+def install_admission(api: Any, max_in_flight: int, retry_after_s: int, max_body_bytes: int, max_streams: int | None = None) -> None:
     """Add :class:`BodyLimitMiddleware` and :class:`AdmissionMiddleware` to the FastAPI app ``api``.
 
     Starlette runs the middleware added last first: call this after the middlewares that should
@@ -150,7 +172,7 @@ def install_admission(api: Any, max_in_flight: int, retry_after_s: int, max_body
     limit, so a refused request reads nothing.
     """
     api.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)
-    api.add_middleware(AdmissionMiddleware, max_in_flight=max_in_flight, retry_after_s=retry_after_s)
+    api.add_middleware(AdmissionMiddleware, max_in_flight=max_in_flight, retry_after_s=retry_after_s, max_streams=max_streams)
 
 
 def check_ingress_limits(max_in_flight: int, max_ongoing_requests: int, max_queued_requests: int | None = None) -> str | None:

@@ -118,6 +118,10 @@ class AdmissionConfig(Strict):
 
     max_in_flight: int = Field(32, ge=1, le=100_000, description="requests in flight per ingress replica; health and metrics routes not counted")
     retry_after_s: int = Field(1, ge=0, le=3600, description="seconds in the Retry-After header of a refusal")
+    max_streams: int = Field(
+        8, ge=1, le=100_000,
+        description="of max_in_flight, server-sent-event streams (job events, streamed operations) open at once per ingress replica (at most max_in_flight)",
+    )  # fmt: skip
 
 
 class AppConfig(Strict):

@@ -181,7 +181,7 @@ def build_api(ingress: "Ingress") -> FastAPI:
     if authenticator is not None:  # added first, so it runs inside the request-id middleware
         install_auth(api, authenticator)
     admission = ingress.config.admission  # outside auth and rate limits, inside the request id
-    install_admission(api, admission.max_in_flight, admission.retry_after_s, ingress.config.limits.max_body_bytes)
+    install_admission(api, admission.max_in_flight, admission.retry_after_s, ingress.config.limits.max_body_bytes, admission.max_streams)
 
     @api.middleware("http")
     async def request_id(request: Request, call_next):

@@ -115,3 +115,36 @@ def test_shipped_configs_leave_room_above_admission(path):
     ongoing = ingress.max_ongoing_requests if isinstance(ingress.max_ongoing_requests, int) else Ingress.max_ongoing_requests
     assert check_ingress_limits(max_in_flight, ongoing, ingress.max_queued_requests) is None
     assert Ingress.max_ongoing_requests >= HEADROOM_FACTOR * AdmissionConfig().max_in_flight  # the defaults fit too
+
+
+def test_event_streams_take_at_most_max_streams_slots_and_leave_the_rest_to_work():
+    async def scenario():
+        release = asyncio.Event()
+        api = FastAPI()
+        install_error_handlers(api)
+        install_admission(api, max_in_flight=3, retry_after_s=1, max_body_bytes=MAX_BODY, max_streams=1)
+
+        @api.get("/v1/jobs/{job_id}/events")
+        async def events(job_id: str) -> dict:
+            await release.wait()
+            return {}
+
+        @api.post("/v1/slow")
+        async def slow() -> dict:
+            await release.wait()
+            return {"ok": True}
+
+        async with _client(api) as http:
+            watcher = asyncio.create_task(http.get("/v1/jobs/a/events"))
+            await asyncio.sleep(0.05)
+            second_watcher = await http.get("/v1/jobs/b/events")  # over max_streams
+            work = [asyncio.create_task(http.post("/v1/slow")) for _ in range(2)]  # the two slots left
+            await asyncio.sleep(0.05)
+            over = await http.post("/v1/slow")  # 3 in flight: full
+            release.set()
+            return second_watcher, await watcher, await asyncio.gather(*work), over
+
+    second_watcher, watcher, work, over = asyncio.run(scenario())
+    assert second_watcher.status_code == 503 and "event streams" in second_watcher.json()["error"]["message"]
+    assert watcher.status_code == 200 and [r.status_code for r in work] == [200, 200]
+    assert over.status_code == 503 and "requests in flight" in over.json()["error"]["message"]
