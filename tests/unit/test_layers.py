@@ -59,7 +59,7 @@ def test_private_ray_calls_stay_in_one_module():
     """Every private Ray Serve call of pixelfleet lives in pixelfleet/ray_private.py."""
     offenders = [
         f"{path.relative_to(REPO)}: {name}"
-        for folder in ("serve", "deployments", "models", "train", "pixelfleet")
+        for folder in ("serve", "jobs", "deployments", "models", "train", "pixelfleet")
         for path in sorted((REPO / folder).rglob("*.py"))
         if path.name != "ray_private.py"
         for name in PRIVATE_RAY
