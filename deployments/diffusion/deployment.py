@@ -70,6 +70,7 @@ class LoadedAdapter:
         if self._released:
             return
         self._released = True
+        self.owner._held.discard(self.info.id)  # no longer in the LRU: the pipeline may drop it
         try:
             self.owner._worker.submit(self.owner._unload_adapter, self.info.id)
         except RuntimeError:  # the worker is shut down: the replica is going away
@@ -112,6 +113,7 @@ class Diffusion(VariantDeployment):
         self.model = inspect(Path(c.model).expanduser(), allow_pickle=c.allow_pickle)  # what adapters must fit (modelfiles)
         self.catalog = AdapterCatalog(c.adapters)
         self._loaded: dict[str, str] = {}  # adapter id -> peft adapter name, in the pipeline now (worker thread only)
+        self._held: set[str] = set()  # adapter ids the multiplexed LRU holds (a LoadedAdapter alive)
         self._lora_active = False
         self.finished = self.interrupted = self.pipeline_calls = 0
         self.last_interrupted_step: int | None = None
@@ -236,10 +238,14 @@ class Diffusion(VariantDeployment):
         info = self.catalog.get(adapter_id)  # NotFound (404), ModelFileError (422)
         check_fits(info, self.model)  # Unprocessable (422)
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._worker, self._load_into_pipeline, adapter_id, info.path)
+        await loop.run_in_executor(self._worker, self._load_into_pipeline, adapter_id, info.path, True)
         return LoadedAdapter(self, info)
 
-    def _load_into_pipeline(self, adapter_id: str, path: str) -> None:
+    def _load_into_pipeline(self, adapter_id: str, path: str, held: bool = False) -> None:
+        """Load an adapter into the pipeline (worker thread); ``held``: for the multiplexed LRU,
+        which then owns it (else it is dropped again after the pipeline call that needed it)."""
+        if held:
+            self._held.add(adapter_id)
         if adapter_id in self._loaded:
             return
         name = pipeline.adapter_name(adapter_id)
@@ -293,7 +299,11 @@ class Diffusion(VariantDeployment):
 
     def _run(self, jobs: list[pipeline.Job], on_step) -> list:
         self.pipeline_calls += 1
-        return pipeline.run_group(self.pipes, jobs, self._activate, on_step)
+        try:
+            return pipeline.run_group(self.pipes, jobs, self._activate, on_step)
+        finally:  # an adapter reloaded for this call after the LRU evicted it is not kept
+            for adapter_id in [a for a in self._loaded if a not in self._held]:
+                self._unload_adapter(adapter_id)
 
     async def _stream(self, operation: str, images: dict | bytes | None, params: dict):
         job = await self._prepare(operation, _named(images), params)
