@@ -15,6 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from pixelfleet.train.rundir import changed_fields
 from pixelfleet.train.srgan.config import ScalingSection, set_dotted
 
 # the attention projections of diffusers' UNet (Attention: to_q, to_k, to_v, to_out.0) and of the
@@ -139,14 +140,7 @@ RESUME_FIXED = ("base_model", "lora", "optim", "data", "precision", "scaling.num
 
 def changed_training_fields(before: LoraTrainConfig, after: LoraTrainConfig) -> list[str]:
     """The :data:`RESUME_FIXED` fields whose values differ between two configs of one run."""
-    changed = []
-    for dotted in RESUME_FIXED:
-        old, new = before, after
-        for key in dotted.split("."):
-            old, new = getattr(old, key), getattr(new, key)
-        if old != new:
-            changed.append(dotted)
-    return changed
+    return changed_fields(before, after, RESUME_FIXED)
 
 
 def load_config(path: Path, overrides: dict[str, Any]) -> LoraTrainConfig:

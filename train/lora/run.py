@@ -23,14 +23,14 @@ from ray.train import CheckpointConfig, DataConfig, RunConfig
 from ray.train.torch import TorchTrainer
 
 from pixelfleet.train.lora.card import LoraCard, sha256_file, write_card
-from pixelfleet.train.lora.config import LoraTrainConfig, changed_training_fields
+from pixelfleet.train import rundir
+from pixelfleet.train.lora.config import RESUME_FIXED, LoraTrainConfig
 from pixelfleet.train.lora.data import captioned_dataset, list_captioned
 from pixelfleet.train.lora.sampler import steps_per_epoch
 from pixelfleet.train.lora.loop import train_loop_per_worker
 from pixelfleet.train.lora.model import read_model_index
 from pixelfleet.train.srgan.run import (
     DATA_CPUS,
-    RUN_SNAPSHOT,
     ClusterFullError,
     RunStateError,
     _git_commit,
@@ -43,22 +43,12 @@ __all__ = ["ClusterFullError", "RunStateError", "check_run_dir", "run"]
 
 
 def check_run_dir(cfg: LoraTrainConfig, resume: bool) -> None:
-    """Refuse to start over an existing run without ``resume``, to resume a missing one, or to
-    resume with changed training fields (``RESUME_FIXED``).
+    """:func:`pixelfleet.train.rundir.check_run_dir` with this trainer's ``RESUME_FIXED``.
 
     Raises:
-        RunStateError: as above; the message says what to do.
+        RunStateError: a fresh run over an existing one, nothing to resume, or changed fields.
     """
-    exists = (cfg.run_dir / RUN_SNAPSHOT).exists()
-    if exists and not resume:
-        raise RunStateError(f"{cfg.run_dir} holds a run: pass --resume to continue it, or choose another name or storage_path")
-    if resume and not exists:
-        raise RunStateError(f"nothing to resume in {cfg.run_dir}: no checkpoint was reported there")
-    saved = cfg.run_dir / "config.yaml"
-    if resume and saved.exists():
-        changed = changed_training_fields(LoraTrainConfig.model_validate(yaml.safe_load(saved.read_text())), cfg)
-        if changed:
-            raise RunStateError(f"--resume continues the same run, but these fields differ from {saved}: {', '.join(changed)}")
+    rundir.check_run_dir(cfg, resume, RESUME_FIXED)
 
 
 def _say(text: str) -> None:

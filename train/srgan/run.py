@@ -21,49 +21,28 @@ from ray.train import CheckpointConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from pixelfleet.models.modelcard import ModelCard, TrainingRecord
+from pixelfleet.train import rundir
+from pixelfleet.train.rundir import RUN_SNAPSHOT, RunStateError  # noqa: F401 (re-exported: train lora, tests)
 from pixelfleet.train.sr_data import patch_dataset
 from pixelfleet.train.srgan.config import SRTrainConfig
 from pixelfleet.train.srgan.loop import train_loop_per_worker
-
-RUN_SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train's record of a run's checkpoints
-
-
-class RunStateError(RuntimeError):
-    """A fresh run would overwrite an existing one, or ``--resume`` found nothing to resume."""
-
-
-def check_run_dir(cfg: SRTrainConfig, resume: bool) -> None:
-    """Refuse to start over an existing run without ``resume``, or to resume a missing one.
-
-    Raises:
-        RunStateError: as above; the message says what to do.
-    """
-    exists = (cfg.run_dir / RUN_SNAPSHOT).exists()
-    if exists and not resume:
-        raise RunStateError(f"{cfg.run_dir} holds a run: pass --resume to continue it, or choose another name or storage_path")
-    if resume and not exists:
-        raise RunStateError(f"nothing to resume in {cfg.run_dir}: no checkpoint was reported there")
-    saved = cfg.run_dir / "config.yaml"
-    if resume and saved.exists():
-        changed = changed_training_fields(SRTrainConfig.model_validate(yaml.safe_load(saved.read_text())), cfg)
-        if changed:
-            raise RunStateError(f"--resume continues the same run, but these fields differ from {saved}: {', '.join(changed)}")
-
 
 # Fields that must not change when a run resumes: its state (model, optimizers, schedule) depends on them.
 RESUME_FIXED = ("phase", "architecture", "optim", "gan", "data.hr_patch", "precision", "scaling.num_workers")
 
 
+def check_run_dir(cfg: SRTrainConfig, resume: bool) -> None:
+    """:func:`pixelfleet.train.rundir.check_run_dir` with this trainer's :data:`RESUME_FIXED`.
+
+    Raises:
+        RunStateError: a fresh run over an existing one, nothing to resume, or changed fields.
+    """
+    rundir.check_run_dir(cfg, resume, RESUME_FIXED)
+
+
 def changed_training_fields(before: SRTrainConfig, after: SRTrainConfig) -> list[str]:
     """The :data:`RESUME_FIXED` fields whose values differ between two configs of one run."""
-    changed = []
-    for dotted in RESUME_FIXED:
-        old, new = before, after
-        for key in dotted.split("."):
-            old, new = getattr(old, key), getattr(new, key)
-        if old != new:
-            changed.append(dotted)
-    return changed
+    return rundir.changed_fields(before, after, RESUME_FIXED)
 
 
 DATA_CPUS = 0.5  # CPUs that Ray Data's patch tasks need beside the workers (flat_map tasks of 0.25 CPU)
