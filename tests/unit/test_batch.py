@@ -18,6 +18,7 @@ from pixelfleet.jobs.local import LocalContext, LocalUpscaler
 from pixelfleet.jobs.storage import Storage, StorageConfig
 from pixelfleet.models.errors import InvalidInput, ModelUnavailable, Unprocessable
 from tests.conftest import synthetic_photo
+from tests.unit.crashing import CrashingContext
 
 
 def png(seed: int, size: int = 12) -> bytes:
@@ -80,20 +81,6 @@ def test_prefix_batch_with_a_bad_image(storage, tmp_path, upscaler) -> None:
     assert ctx.checkpoints[-2]["next"] == 3 and len(ctx.checkpoints) == 3  # one per chunk of 2, then the result
     assert ctx.checkpoints[-1]["done"] == done
     assert not (tmp_path / "out" / ctx.job_id / ".manifest-parts").exists()
-
-
-class CrashingContext(LocalContext):
-    """Answers 503 on the ``crash_on``-th inference: a service error ends the run (as a replica that died)."""
-
-    def __init__(self, *args, crash_on: int | None = None, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.calls, self.crash_on = 0, crash_on
-
-    async def infer(self, family, operation, data, params, model=None):
-        self.calls += 1
-        if self.calls == self.crash_on:
-            raise ModelUnavailable("the variant's replica died")
-        return await super().infer(family, operation, data, params, model)
 
 
 def test_zip_batch_resumes_after_a_crash(storage, tmp_path, upscaler) -> None:

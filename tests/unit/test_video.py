@@ -18,6 +18,7 @@ from pixelfleet.jobs.local import LocalContext, LocalUpscaler
 from pixelfleet.jobs.storage import Storage, StorageConfig
 from pixelfleet.models.errors import InvalidInput, ModelUnavailable, Unprocessable
 from tests.conftest import synthetic_photo
+from tests.unit.crashing import CrashingContext
 
 FRAMES, FPS, SIDE, SAMPLE_RATE = 10, 10, 32, 8000
 
@@ -117,20 +118,6 @@ def test_upscale_video_keeps_rate_codec_audio(storage, tmp_path, upscaler) -> No
         first_out = next(b.decode(video=0)).to_ndarray(format="rgb24")
     expected = upscaler.upscaler.upscale(first_in, 32, 4)
     assert np.abs(first_out.astype(int) - expected).mean() < 8
-
-
-class CrashingContext(LocalContext):
-    """503 on the ``crash_on``-th frame: the run dies as with a lost replica."""
-
-    def __init__(self, *args, crash_on: int | None = None, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.calls, self.crash_on = 0, crash_on
-
-    async def infer(self, family, operation, data, params, model=None):
-        self.calls += 1
-        if self.calls == self.crash_on:
-            raise ModelUnavailable("the variant's replica died")
-        return await super().infer(family, operation, data, params, model)
 
 
 def test_resumes_from_the_last_finished_chunk(storage, tmp_path, upscaler) -> None:
