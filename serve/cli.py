@@ -80,18 +80,32 @@ def train_srgan(
     """Train an SRResNet (phase psnr) or SRGAN (phase gan) generator with Ray Train and write a servable model folder.
 
     It joins the cluster that serves when `pixelfleet up` runs, and its workers take the CPUs the replicas leave free."""
-    from pydantic import ValidationError
-
     from pixelfleet.train.srgan.config import load_config, parse_assignment
-    from pixelfleet.serve.runner import cluster_to_join
     from pixelfleet.train.srgan.run import ClusterFullError, RunStateError, run
 
     given = dict(locals())
     flags = {k: v for k, v in given.items() if k in TRAIN_FLAGS and v is not None}
     overrides = {TRAIN_FLAGS[k]: (str(v) if isinstance(v, Path) else [str(p) for p in v] if isinstance(v, list) else v) for k, v in flags.items()}
-    try:
+
+    def load():
         overrides.update(parse_assignment(text) for text in set_)
-        cfg = load_config(config, overrides)
+        return load_config(config, overrides)
+
+    _train(load, run, resume, address, refused=(RunStateError, FileNotFoundError, ClusterFullError))
+
+
+def _train(load, run, resume: bool, address: str | None, refused: tuple[type[Exception], ...]) -> None:
+    """What every ``pixelfleet train`` command does once its options are read: ``load()`` the run
+    config (exit 2 listing pydantic's field errors), join the cluster (``address``, as
+    :func:`~pixelfleet.serve.runner.cluster_to_join` finds it) and ``run`` it, then print the card
+    as JSON. Exit 2 with the message on an error in ``refused`` (the run cannot start as asked),
+    1 when the cluster cannot be joined."""
+    from pydantic import ValidationError
+
+    from pixelfleet.serve.runner import cluster_to_join
+
+    try:
+        cfg = load()
     except (ValueError, OSError) as err:  # pydantic's ValidationError is a ValueError
         detail = str(err) if not isinstance(err, ValidationError) else "\n".join(
             f"  {'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors()
@@ -101,7 +115,7 @@ def train_srgan(
     try:
         join, source = cluster_to_join(address)
         card = run(cfg, _command_line(), resume=resume, address=join, address_source=source)
-    except (RunStateError, FileNotFoundError, ClusterFullError) as err:
+    except refused as err:
         typer.echo(str(err), err=True)
         raise typer.Exit(2) from None
     except ConnectionError as err:
@@ -122,34 +136,16 @@ def train_lora(
     OUTPUT/NAME.safetensors (diffusers/peft keys) and its card OUTPUT/NAME.json.
 
     It joins the cluster that serves when `pixelfleet up` runs, as `train srgan` does; a run that does not fit is refused."""
-    from pydantic import ValidationError
-
-    from pixelfleet.serve.runner import cluster_to_join
     from pixelfleet.train.lora.config import load_config
     from pixelfleet.train.lora.model import BaseModelError
     from pixelfleet.train.lora.run import ClusterFullError, RunStateError, run
     from pixelfleet.train.lora.sampler import NotEnoughImagesError
     from pixelfleet.train.srgan.config import parse_assignment
 
-    try:
-        cfg = load_config(config, dict(parse_assignment(text) for text in set_))
-    except (ValueError, OSError) as err:  # pydantic's ValidationError is a ValueError
-        detail = str(err) if not isinstance(err, ValidationError) else "\n".join(
-            f"  {'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors()
-        )
-        typer.echo(f"invalid run config:\n{detail}", err=True)
-        raise typer.Exit(2) from None
-    try:
-        join, source = cluster_to_join(address)
-        card = run(cfg, _command_line(), resume=resume, address=join, address_source=source)
-    except (RunStateError, BaseModelError, FileNotFoundError, ClusterFullError, NotEnoughImagesError) as err:
-        typer.echo(str(err), err=True)
-        raise typer.Exit(2) from None
-    except ConnectionError as err:
-        cause = f" ({err.__cause__})" if err.__cause__ else ""
-        typer.echo(f"cannot join the Ray cluster: {err}{cause}", err=True)
-        raise typer.Exit(1) from None
-    typer.echo(card.model_dump_json(indent=2))
+    _train(
+        lambda: load_config(config, dict(parse_assignment(text) for text in set_)), run, resume, address,
+        refused=(RunStateError, BaseModelError, FileNotFoundError, ClusterFullError, NotEnoughImagesError),
+    )  # fmt: skip
 
 
 @eval_app.command("superres")
