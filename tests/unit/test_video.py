@@ -149,3 +149,18 @@ def test_not_a_video_and_no_playlists(storage, tmp_path, upscaler) -> None:
         with pytest.raises(InvalidInput):
             asyncio.run(video.run_video(LocalContext(upscaler, {"input": str(tmp_path / "in" / name)}, operation="video"), storage))
     assert video.demuxer_of(b"\x1a\x45\xdf\xa3" + bytes(12)) == "matroska" and video.demuxer_of(b"RIFF\0\0\0\0AVI LIST") == "avi"
+
+
+def test_cli_upscales_a_video_here_without_an_app(tmp_path) -> None:
+    """``pixelfleet upscale in.mp4 --out out.mp4`` without --url: the video job runs in this
+    process on the shipped x2 model, and the output keeps frames, rate, codec and audio."""
+    from typer.testing import CliRunner
+
+    from pixelfleet.serve.cli import app
+
+    make_video(tmp_path / "in.mp4")
+    result = CliRunner().invoke(app, ["upscale", str(tmp_path / "in.mp4"), "--out", str(tmp_path / "out.mp4"), "--scale", "2"])
+    assert result.exit_code == 0, result.output
+    got = probe(tmp_path / "out.mp4")
+    assert got["size"] == (2 * SIDE, 2 * SIDE) and got["frames"] == FRAMES and got["rate"] == FPS
+    assert got["codec"] == "h264" and got["audio"] == [("aac", SAMPLE_RATE, 1)]
