@@ -5,6 +5,7 @@ in a temporary folder): migrations, idempotent submits under concurrency, claims
 
 from __future__ import annotations
 
+import datetime as dt
 import itertools
 import shutil
 import tempfile
@@ -14,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from sqlalchemy import inspect, text
 
+from pixelfleet.jobs import store as store_module
 from pixelfleet.jobs.config import JobsConfig
 from pixelfleet.jobs.store import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, IdempotencyMismatch, JobStore, NewJob, request_hash
 from pixelfleet.serve.config import AppConfig
@@ -100,12 +102,27 @@ def test_claims_follow_priority_then_age_and_each_job_goes_to_one_worker(store):
     assert len(claimed) == 30 and len(set(claimed)) == 30  # every job once, none twice
 
 
-def test_an_expired_lease_lets_another_worker_run_the_job_and_the_first_cannot_finish_it(store):
+@pytest.fixture
+def clock(monkeypatch):
+    """Moves the store's clock (``jobs.store.utcnow``) on by ``clock(seconds)``: a lease or a
+    backoff runs out without the test racing the wall clock."""
+    offset = dt.timedelta()
+    real = store_module.utcnow
+
+    def advance(seconds: float) -> None:
+        nonlocal offset
+        offset += dt.timedelta(seconds=seconds)
+
+    monkeypatch.setattr(store_module, "utcnow", lambda: real() + offset)
+    return advance
+
+
+def test_an_expired_lease_lets_another_worker_run_the_job_and_the_first_cannot_finish_it(store, clock):
     job, _ = store.submit(new_job(), 3)
-    first = store.claim("dead-worker", lease_s=0.6)
+    first = store.claim("dead-worker", lease_s=30)
     assert first.state == RUNNING and first.attempts == 1
     assert store.claim("w2", lease_s=30) is None  # leased
-    time.sleep(0.7)
+    clock(31)  # the lease runs out: its worker died
     second = store.claim("w2", lease_s=30)
     assert second.id == job.id and second.attempts == 2
     assert not store.heartbeat(job.id, "dead-worker", 30)
@@ -118,8 +135,8 @@ def test_an_expired_lease_lets_another_worker_run_the_job_and_the_first_cannot_f
     assert store.get(job.id, "mallory") is None  # not the owner's: invisible
 
 
-def test_failures_retry_with_backoff_then_fail_with_the_error_kept(store):
-    config = JobsConfig(max_attempts=2, backoff_s=0.6)
+def test_failures_retry_with_backoff_then_fail_with_the_error_kept(store, clock):
+    config = JobsConfig(max_attempts=2, backoff_s=30)
     job, _ = store.submit(new_job(), config.max_attempts)
     store.claim("w", 30)
     error = {"code": "model_unavailable", "message": "no replica"}
@@ -127,7 +144,7 @@ def test_failures_retry_with_backoff_then_fail_with_the_error_kept(store):
     queued = store.get(job.id)
     assert queued.error == error and queued.run_after > queued.updated_at
     assert store.claim("w", 30) is None  # not before run_after
-    time.sleep(0.7)
+    clock(config.backoff(1) + 1)
     assert store.claim("w", 30).attempts == 2
     assert store.fail(job.id, "w", error, retry_in_s=config.backoff(2)) == FAILED  # no attempts left
     failed = store.get(job.id)
