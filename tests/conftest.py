@@ -49,3 +49,16 @@ def tiny_sd(tmp_path_factory) -> dict[str, Path]:
         "lora": tinysd.make_lora(root / "loras" / "tiny-style.safetensors", rank=4, seed=1),
         "lora_other_base": tinysd.make_lora_for_other_base(root / "other" / "wide.safetensors"),
     }
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """torch on one thread for a module (``pytestmark = pytest.mark.usefixtures(...)``): the tiny
+    diffusion models gain nothing from more threads, and OpenMP's spinning threads slow to a crawl
+    when the machine's cores are busy with other work."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from pixelfleet.deployments.diffusion import pipeline
 from pixelfleet.deployments.diffusion.adapters import AdapterCatalog, check_fits
 from pixelfleet.models.errors import (
@@ -23,14 +22,7 @@ from pixelfleet.models.modelfiles import inspect
 from tests import tinysd
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """The tiny models gain nothing from more threads, and OpenMP's spinning threads slow to a
-    crawl when the machine's cores are busy with other work."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

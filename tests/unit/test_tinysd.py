@@ -10,14 +10,7 @@ import torch
 from tests import tinysd
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """The tiny models gain nothing from more threads, and OpenMP's spinning threads slow to a
-    crawl when the machine's cores are busy with other work."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _generate(pipe, seed: int = 0) -> np.ndarray:
