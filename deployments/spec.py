@@ -241,6 +241,7 @@ class VariantDeployment:
 
 
 Planner = Callable[[Operation, BaseModel, str, bool, dict[str, dict]], list[str]]
+Describer = Callable[[str, BaseModel], dict]
 
 
 def single_variant(operation: Operation, params: BaseModel, chosen: str, explicit: bool, cards: dict[str, dict]) -> list[str]:
@@ -256,8 +257,10 @@ class FamilySpec:
         name: the family's name (``superres``); routes and deployments carry it.
         title: one line for people (OpenAPI tags, ``pixelfleet up``'s banner).
         config: the family's :class:`FamilyConfig` subclass.
-        deployment: the Ray Serve deployment class; ``bind(variant=NAME, **variant_config)``
-            makes one variant. It implements every operation as
+        deployment: the Ray Serve deployment class, or its ``"module:attribute"`` path, imported
+            only where a variant is bound (``build_app``), so that processes that only route to
+            the family (the ingress, ``pixelfleet up``'s driver) never import its model runtime
+            (torch, ONNX Runtime); ``bind(variant=NAME, **variant_config)`` makes one variant. It implements every operation as
             ``async def <name>(image: bytes | np.ndarray, params: dict, route: list[VariantAddress])
             -> Result`` (``route``: the variants that serve the request, itself first), plus
             ``info()`` and ``ready()``; it subclasses :class:`VariantDeployment` (traced calls, shadows).
@@ -268,16 +271,23 @@ class FamilySpec:
             ``explicit`` is True) chose and every variant's ``info()``; raises the family's
             4xx errors (e.g. a scale no variant serves).
         listings: read-only ``GET /v1/<family>/<route>`` listings (:class:`Listing`).
+        describe: ``describe(variant, variant_config) -> card``: what the family can say of a
+            variant from its config alone, without loading its model (e.g. the scale from the
+            model card file), in the shape of ``info()``; the ingress shows and plans with it
+            for a variant scaled to zero, so neither ``GET /v1/models`` nor a request to another
+            variant starts its replica. Raises OSError / ValueError when it cannot (the ingress
+            then asks the replica). None: always ask the replica.
     """
 
     name: str
     title: str
     config: type[FamilyConfig]
-    deployment: Deployment
+    deployment: Deployment | str
     operations: tuple[Operation, ...]
     agreement: str | None = None
     plan: Planner = single_variant
     listings: tuple[Listing, ...] = ()
+    describe: Describer | None = None
 
     def operation(self, name: str) -> Operation:
         """The operation called ``name``. Raises KeyError."""
@@ -286,9 +296,26 @@ class FamilySpec:
                 return operation
         raise KeyError(name)
 
+    def deployment_class(self) -> Deployment:
+        """The deployment, imported here when the spec names it by path.
+
+        Raises:
+            ValueError: the path cannot be imported or is not a Serve deployment.
+        """
+        if not isinstance(self.deployment, str):
+            return self.deployment
+        module_name, _, attribute = self.deployment.partition(":")
+        try:
+            found = getattr(importlib.import_module(module_name), attribute)
+        except (ImportError, AttributeError) as err:
+            raise ValueError(f"deployment {self.deployment!r} of family {self.name} cannot be imported: {err}") from None
+        if not isinstance(found, Deployment):
+            raise ValueError(f"{self.deployment!r} is not a Serve deployment")
+        return found
+
     def bind_variant(self, family: str, variant: str, config: BaseModel, limits: Limits):
         """The bound deployment of one variant of ``family`` (an ``Application`` node)."""
-        return self.deployment.options(name=deployment_name(family, variant)).bind(
+        return self.deployment_class().options(name=deployment_name(family, variant)).bind(
             variant=variant, limits=limits.model_dump(), **config.model_dump(mode="json")
         )
 

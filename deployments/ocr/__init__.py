@@ -8,8 +8,7 @@ result schema and input check).
 
 from __future__ import annotations
 
-from pixelfleet.deployments.ocr.config import OCRConfig, RecognizeParams
-from pixelfleet.deployments.ocr.deployment import OCR
+from pixelfleet.deployments.ocr.config import OCRConfig, OCRVariant, RecognizeParams
 from pixelfleet.deployments.spec import FamilySpec, Operation
 
 RECOGNIZE = Operation(
@@ -19,11 +18,20 @@ RECOGNIZE = Operation(
     summary='Recognise text: {"text", "lines": [{"text", "confidence", "box": [x0, y0, x1, y1]}]} in reading order',
 )
 
+
+def describe(variant: str, config: OCRVariant) -> dict:
+    """A variant's card from its config alone, without building its engine: ``variant``,
+    ``engine`` and the configured ``options`` (``OCR.info()`` adds the effective options and the
+    engine's weight source once a replica runs)."""
+    return {"variant": variant, "engine": config.engine, "options": config.options}
+
+
 SPEC = FamilySpec(
     name="ocr",
     title="OCR (Tesseract 5, RapidOCR)",
     config=OCRConfig,
-    deployment=OCR,
+    deployment="pixelfleet.deployments.ocr.deployment:OCR",  # imported where bound: ONNX Runtime stays out of the ingress
     operations=(RECOGNIZE,),
     agreement="cer",
+    describe=describe,
 )
