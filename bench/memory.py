@@ -9,8 +9,13 @@ and measures, in one run:
   size: shared pages divided among the processes that map them, from ``/proc/<pid>/smaps_rollup``
   via psutil) over the ``up`` process and every process below it (Ray's GCS, raylet, the Serve
   controller, proxy and replicas), with the largest processes listed;
-- **first requests**: one OCR request per variant of ``--ocr-variants`` (the first one of a
-  variant scaled to zero includes its start), and the memory after them;
+- **scale to zero**: the variants ``/readyz`` reports scaled to zero, and that neither
+  ``/readyz`` nor ``GET /v1/models`` starts a replica of them;
+- **first requests**: one OCR request per variant of ``--ocr-variants`` and one 64x64 upscale per
+  variant of ``--sr-variants``; the first one to a variant scaled to zero includes its cold start
+  (its replica's start and model load), reported as such; and the memory after them;
+- **no growth**: ``--requests`` OCR requests to the default variant (``--concurrency`` at a
+  time) after ``--warmup`` of them, with the PSS after the warm-up and after the requests;
 - **SIGTERM under load**: ``--inflight`` OCR requests are sent, SIGTERM follows once they are
   in flight; it reports how many finished with 200, how many failed, and the seconds from
   SIGTERM until the port refuses connections and until the process exits;
@@ -33,8 +38,12 @@ import threading
 import time
 from pathlib import Path
 
+import io
+from concurrent.futures import ThreadPoolExecutor
+
 import httpx
 import psutil
+from PIL import Image
 
 
 def pss_of_tree(root: psutil.Process) -> tuple[int, list[tuple[int, str, int]]]:
@@ -74,6 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=0, help="HTTP port (default: a free one)")
     parser.add_argument("--idle", type=float, default=20.0, help="seconds without traffic before the idle measurement")
     parser.add_argument("--ocr-variants", default="tesseract,rapidocr", help="one first request to each (comma-separated)")
+    parser.add_argument("--sr-variants", default="srresnet-x4,srresnet-x2,srgan-x4", help="one first 64x64 upscale to each (comma-separated)")
+    parser.add_argument("--warmup", type=int, default=50, help="OCR requests before the 'after warm-up' memory")
+    parser.add_argument("--requests", type=int, default=1000, help="OCR requests after the warm-up, before the last memory (0: none)")
+    parser.add_argument("--concurrency", type=int, default=4, help="of those requests at a time")
     parser.add_argument("--inflight", type=int, default=8, help="OCR requests in flight at SIGTERM")
     parser.add_argument("--top", type=int, default=8, help="largest processes to list")
     args = parser.parse_args(argv)
@@ -118,22 +131,58 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(0.1)
         print(f"start to ready: /readyz 200 after {ready_s:.1f} s; banner after {banner_at[0] if banner_at else float('nan'):.1f} s")
 
-        time.sleep(args.idle)
+        with httpx.Client(timeout=60) as client:
+            at_zero = set(client.get(f"{base}/readyz").json().get("scaled_to_zero", []))
+            print(f"scaled to zero at ready: {', '.join(sorted(at_zero)) or 'none'}")
+            time.sleep(args.idle)
+            listed = client.get(f"{base}/v1/models").json()["families"]
+            marked = {f"{f}/{v}" for f, entry in listed.items() for v, card in entry["variants"].items() if card.get("scaled_to_zero")}
+            still = set(client.get(f"{base}/readyz").json().get("scaled_to_zero", []))
+            print(f"after {args.idle:.0f} s, /readyz and /v1/models: still scaled to zero: {', '.join(sorted(still)) or 'none'}; "
+                  f"listed from their config: {', '.join(sorted(marked)) or 'none'}")  # fmt: skip
         total, rows = pss_of_tree(root)
         print(f"idle PSS after {args.idle:.0f} s: {gib(total)} over {len(rows)} processes")
         for pss, name, pid in rows[: args.top]:
             print(f"  {pss / 2**20:7.0f} MiB  pid {pid}  {name}")
 
+        buffer = io.BytesIO()
+        Image.open(io.BytesIO(image)).convert("RGB").resize((64, 64)).save(buffer, format="PNG")
+        tile = buffer.getvalue()
+        firsts = [("ocr", v, "/v1/ocr", image) for v in filter(None, args.ocr_variants.split(","))]
+        firsts += [("superres", v, "/v1/superres", tile) for v in filter(None, args.sr_variants.split(","))]
         with httpx.Client(timeout=300) as client:
-            for variant in filter(None, args.ocr_variants.split(",")):
-                t0 = time.monotonic()
-                response = client.post(f"{base}/v1/ocr", params={"model": variant}, files={"image": ("line.png", image, "image/png")})
-                first = time.monotonic() - t0
-                t0 = time.monotonic()
-                client.post(f"{base}/v1/ocr", params={"model": variant}, files={"image": ("line.png", image, "image/png")})
-                print(f"first request to ocr/{variant}: {response.status_code} in {first:.2f} s (second: {time.monotonic() - t0:.2f} s)")
+            for family, variant, route, body in firsts:
+                times, codes = [], []
+                for _ in range(2):
+                    t0 = time.monotonic()
+                    response = client.post(f"{base}{route}", params={"model": variant}, files={"image": ("in.png", body, "image/png")})
+                    times.append(time.monotonic() - t0)
+                    codes.append(response.status_code)
+                cold = f"{family}/{variant}" in at_zero
+                what = f"cold start (scaled to zero) {times[0] - times[1]:.2f} s more than the second" if cold else "replica already running"
+                print(f"first request to {family}/{variant}: {codes[0]} in {times[0]:.2f} s, second {codes[1]} in {times[1]:.2f} s: {what}")
         total, rows = pss_of_tree(root)
         print(f"PSS after the first requests: {gib(total)} over {len(rows)} processes")
+
+        if args.requests:
+
+            def ocr_request(_: int) -> int:
+                return pool_client.post(f"{base}/v1/ocr", files={"image": ("line.png", image, "image/png")}).status_code
+
+            with httpx.Client(timeout=120, limits=httpx.Limits(max_connections=args.concurrency)) as pool_client, ThreadPoolExecutor(args.concurrency) as pool:
+                codes = list(pool.map(ocr_request, range(args.warmup)))
+                warm_total, warm_rows = pss_of_tree(root)
+                t0 = time.monotonic()
+                codes += list(pool.map(ocr_request, range(args.requests)))
+                took = time.monotonic() - t0
+            after_total, after_rows = pss_of_tree(root)
+            ok = sum(code == 200 for code in codes)
+            print(f"PSS after a warm-up of {args.warmup} OCR requests: {gib(warm_total)}; after {args.requests} more ({args.concurrency} at a time, "
+                  f"{args.requests / took:.1f} req/s, {ok} of {len(codes)} answered 200): {gib(after_total)} "
+                  f"({(after_total - warm_total) / 2**20:+.0f} MiB)")  # fmt: skip
+            before = {pid: pss for pss, _, pid in warm_rows}
+            for pss, name, pid in sorted(after_rows, key=lambda row: -abs(row[0] - before.get(row[2], 0)))[:4]:
+                print(f"  {(pss - before.get(pid, 0)) / 2**20:+7.1f} MiB  pid {pid}  {name}")
 
         results: list[object] = []
 

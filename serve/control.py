@@ -9,6 +9,8 @@ call the same method). The private calls themselves sit in ``pixelfleet/ray_priv
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from ray.serve.schema import ServeApplicationSchema, ServeDeploySchema
 
 
@@ -40,6 +42,43 @@ def deployed_config() -> ServeDeploySchema | None:
         proxy_location=details.get("proxy_location") or "EveryNode",
         applications=applications,
     )
+
+
+@dataclass(frozen=True)
+class Replicas:
+    """One deployment's replicas as the controller holds them.
+
+    ``min_replicas``: its autoscaling minimum (None: a fixed ``num_replicas``); ``target``: the
+    replicas it wants now; ``running``: those in state RUNNING; ``status``: the deployment's
+    status (``HEALTHY``, ``UPSCALING``, ``UNHEALTHY``, ...).
+    """
+
+    min_replicas: int | None
+    target: int
+    running: int
+    status: str
+
+    @property
+    def scaled_to_zero(self) -> bool:
+        """May scale to zero (``min_replicas`` 0) and has no running replica now: calling it starts
+        one (a cold start), so probes and listings must not."""
+        return self.min_replicas == 0 and self.running == 0
+
+
+def replicas() -> dict[tuple[str, str], Replicas]:
+    """``(application, deployment) -> Replicas`` of every deployment, from one call to the
+    controller (its serve details, what ``serve status`` and the dashboard read)."""
+    views = {}
+    for app_name, app in _client().get_serve_details().get("applications", {}).items():
+        for name, deployment in (app.get("deployments") or {}).items():
+            autoscaling = (deployment.get("deployment_config") or {}).get("autoscaling_config") or None
+            views[(app_name, name)] = Replicas(
+                min_replicas=autoscaling.get("min_replicas", 1) if autoscaling else None,
+                target=int(deployment.get("target_num_replicas") or 0),
+                running=sum(replica.get("state") == "RUNNING" for replica in deployment.get("replicas") or []),
+                status=str(getattr(deployment.get("status"), "value", deployment.get("status"))),
+            )
+    return views
 
 
 def submit(schema: ServeDeploySchema) -> None:

@@ -64,6 +64,7 @@ class Family:
     handles: dict[str, DeploymentHandle] = field(default_factory=dict)
     cards: dict[str, dict] = field(default_factory=dict)
     card_errors: dict[str, PixelfleetError] = field(default_factory=dict)
+    described: dict[str, dict] = field(default_factory=dict)  # spec.describe's cards, for variants scaled to zero
 
     def handle(self, variant: str) -> DeploymentHandle:
         if variant not in self.handles:
@@ -111,6 +112,7 @@ class Ingress:
         self._background: set[asyncio.Task] = set()
         self._shadow_slots: dict[tuple[str, str], asyncio.Semaphore] = {}
         self._change_lock = asyncio.Lock()
+        self._replicas: dict[tuple[str, str], control.Replicas] | None = None
 
     def __serve_build_asgi_app__(self):
         from pixelfleet.serve.rest import build_api
@@ -215,11 +217,30 @@ class Ingress:
             raise NotFound(f"unknown family {name!r}; served: {', '.join(sorted(self.families))}")
         return self.families[name]
 
-    async def cards(self, family: Family) -> dict[str, dict]:
+    async def cards(self, family: Family, fresh: bool = False) -> dict[str, dict]:
         """The ``info()`` of every variant that answers within :data:`READY_TIMEOUT_S` (fetched once
         per variant, then cached); a variant that does not answer (dead, still starting) is left
-        out this time, so it cannot hold up requests that other variants serve."""
+        out this time, so it cannot hold up requests that other variants serve.
+
+        A variant whose deployment may scale to zero (autoscaling ``min_replicas: 0``) is not
+        asked while its ``info()`` is not cached: its card is the family's ``describe`` card
+        (from its config, marked ``"scaled_to_zero": true``), so neither a request to another
+        variant nor a listing starts its replica, and a request to it starts one (Serve's cold
+        start) instead of failing here. ``fresh``: ask the controller now which replicas run
+        (else its last answer; :meth:`replica_view`) and fetch the ``info()`` of those running.
+        """
         missing = [v for v in family.variants if v not in family.cards]
+        described: dict[str, dict] = {}
+        if missing and family.spec.describe is not None:
+            view = await self.replica_view(fresh)
+            for variant in missing:
+                replicas = view.get((family.variants[variant].app, family.variants[variant].deployment))
+                if replicas is None or replicas.min_replicas != 0 or (fresh and replicas.running > 0):
+                    continue
+                card = self._describe(family, variant)
+                if card is not None:
+                    described[variant] = card
+            missing = [v for v in missing if v not in described]
         if missing:
 
             async def fetch(variant: str) -> dict | None:
@@ -234,7 +255,34 @@ class Ingress:
 
             infos = await asyncio.gather(*(fetch(v) for v in missing))
             family.cards.update({v: info for v, info in zip(missing, infos) if info is not None})
-        return {v: family.cards[v] for v in family.variants if v in family.cards}
+        return {v: family.cards.get(v) or described[v] for v in family.variants if v in family.cards or v in described}
+
+    def _describe(self, family: Family, variant: str) -> dict | None:
+        """``spec.describe``'s card of a variant of the config (cached), or None where the family
+        cannot describe it (a variant added at run time, an unreadable model card)."""
+        if variant not in family.described:
+            config = family.config.variants.get(variant)
+            if config is None:
+                return None
+            try:
+                family.described[variant] = {**family.spec.describe(variant, config), "scaled_to_zero": True}
+            except (OSError, ValueError) as err:
+                logger.warning("%s/%s: no card from its config (%s); its replica is asked", family.name, variant, err)
+                return None
+        return family.described[variant]
+
+    async def replica_view(self, fresh: bool = True) -> dict[tuple[str, str], control.Replicas]:
+        """``(application, deployment) -> control.Replicas`` from the controller (one call, in a
+        thread); ``fresh=False`` reuses the last answer when there is one. When the controller
+        does not answer (it restarts), the last answer, else an empty view (every variant is
+        then asked, as without scale to zero)."""
+        if fresh or self._replicas is None:
+            try:
+                self._replicas = await asyncio.to_thread(control.replicas)
+            except Exception as err:  # the controller is restarting: keep what we knew
+                logger.warning("replica view: the Serve controller does not answer (%r)", err)
+                return self._replicas or {}
+        return self._replicas
 
     async def _call(self, family: Family, variant: str, response) -> Any:
         try:
@@ -448,7 +496,7 @@ class Ingress:
         """Every family with its default, its traffic and its variants' cards (``GET /v1/models``)."""
         listing = {}
         for name, family in self.families.items():
-            cards = await self.cards(family)
+            cards = await self.cards(family, fresh=True)
             listing[name] = {
                 "kind": family.config.kind,
                 "title": family.spec.title,
@@ -460,7 +508,16 @@ class Ingress:
         return {"families": listing}
 
     async def ready(self) -> dict[str, bool]:
-        """Whether each variant's replica answers (``family/variant`` -> bool) within 2 s."""
+        """Whether each variant's replica answers (``family/variant`` -> bool) within 2 s; a
+        variant scaled to zero counts as ready without being called (:meth:`readiness`)."""
+        return (await self.readiness())[0]
+
+    async def readiness(self) -> tuple[dict[str, bool], list[str]]:
+        """``family/variant`` -> whether its replica answers ``ready()`` within
+        :data:`READY_TIMEOUT_S`, and the variants scaled to zero (``control.Replicas.scaled_to_zero``):
+        those count as ready and are not called, since a call would start a replica (a request
+        to them waits for its cold start); one whose deployment is unhealthy is not ready."""
+        view = await self.replica_view()
 
         async def answers(family: Family, variant: str) -> bool:
             try:
@@ -469,9 +526,16 @@ class Ingress:
                 logger.info("readiness: %s/%s does not answer yet: %r", family.name, variant, err)
                 return False
 
+        async def at_zero(replicas: control.Replicas) -> bool:
+            return replicas.status not in ("UNHEALTHY", "DEPLOY_FAILED")
+
         pairs = [(family, variant) for family in self.families.values() for variant in family.variants]
-        states = await asyncio.gather(*(answers(f, v) for f, v in pairs))
-        return {f"{f.name}/{v}": state for (f, v), state in zip(pairs, states)}
+        zero = {
+            (f.name, v): replicas for f, v in pairs
+            if (replicas := view.get((f.variants[v].app, f.variants[v].deployment))) is not None and replicas.scaled_to_zero
+        }  # fmt: skip
+        states = await asyncio.gather(*(at_zero(zero[f.name, v]) if (f.name, v) in zero else answers(f, v) for f, v in pairs))
+        return {f"{f.name}/{v}": state for (f, v), state in zip(pairs, states)}, sorted(f"{f}/{v}" for f, v in zero)
 
     def traffic(self) -> dict:
         """Every family's weights, shadows and variants, and this app's name (``GET /v1/traffic``)."""

@@ -146,10 +146,12 @@ def _add_meta_routes(api: FastAPI, ingress: "Ingress") -> None:
 
     @api.get("/readyz", tags=["meta"])
     async def readyz() -> JSONResponse:
-        """Readiness: 200 once every variant has loaded its model, else 503 with what is missing."""
-        states = await ingress.ready()
+        """Readiness: 200 once every variant has loaded its model or is scaled to zero (listed in
+        ``scaled_to_zero``: not called, its first request starts a replica), else 503 with what is
+        missing."""
+        states, at_zero = await ingress.readiness()
         ready = all(states.values())
-        return JSONResponse({"ready": ready, "variants": states}, status_code=200 if ready else 503)
+        return JSONResponse({"ready": ready, "variants": states, "scaled_to_zero": at_zero}, status_code=200 if ready else 503)
 
     @api.get("/metrics", tags=["meta"], response_class=Response, responses={200: {"content": {"text/plain": {}}}})
     async def prometheus_metrics() -> Response:

@@ -321,7 +321,8 @@ def _print_models(app_name: str) -> None:
             weight = entry["traffic"]["weights"].get(variant, 0.0)
             share = f", traffic weight {weight:g}" if weight else ""
             summary = ", ".join(f"{k} {info[k]}" for k in ("scale", "engine", "weights", "device", "precision") if info.get(k) is not None)
-            console.print(f"  {family}/{variant}{' (default)' if variant == entry['default'] else ''}: {summary}{share}")
+            zero = "; scaled to zero: its first request starts a replica" if info.get("scaled_to_zero") else ""
+            console.print(f"  {family}/{variant}{' (default)' if variant == entry['default'] else ''}: {summary}{share}{zero}")
 
 
 def print_status(address: str) -> int:
