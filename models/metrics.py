@@ -10,7 +10,10 @@ from __future__ import annotations
 import re
 
 import numpy as np
-from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+# scikit-image (and SciPy under it, ~44 MiB per process) is imported by the two functions that use
+# it, not here: every OCR and super-resolution replica imports this module for its shadow
+# comparison, which most never run.
 
 
 def rgb_to_y(image: np.ndarray) -> np.ndarray:
@@ -31,6 +34,8 @@ def psnr_y(output: np.ndarray, reference: np.ndarray, border: int) -> float:
     """
     if output.shape != reference.shape:
         raise ValueError(f"shapes differ: {output.shape} vs {reference.shape}")
+    from skimage.metrics import peak_signal_noise_ratio
+
     return float(peak_signal_noise_ratio(_crop(rgb_to_y(reference), border), _crop(rgb_to_y(output), border), data_range=255))
 
 
@@ -38,6 +43,8 @@ def ssim_y(output: np.ndarray, reference: np.ndarray, border: int) -> float:
     """SSIM in [0, 1] between two ``(H, W, 3)`` uint8 RGB images, on Y, border cropped."""
     if output.shape != reference.shape:
         raise ValueError(f"shapes differ: {output.shape} vs {reference.shape}")
+    from skimage.metrics import structural_similarity
+
     return float(
         structural_similarity(
             _crop(rgb_to_y(reference), border),
