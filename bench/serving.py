@@ -31,7 +31,10 @@ clients (1, 4, 8, 16), each sending its next request when its answer came back, 
 sent to body read), server CPU seconds per request (user + system CPU time of the server's whole
 process tree, psutil, after minus before the run, divided by the requests; in-process: this
 process), the server's memory (PSS, proportional set size, summed over its process tree, GiB,
-after the run), and errors. Per server: start to ready (seconds until its health route answers
+after the run), errors, and "others' CPU": the cores that processes outside this bench and the
+measured server kept busy meanwhile (the machine's busy CPU time from ``/proc/stat`` less the
+server's and the client's, per wall second; on a shared machine, rows with a high figure are
+disturbed). Per server: start to ready (seconds until its health route answers
 200) and idle PSS (ready, before any request). Then the ratios of issue 16 (pixelfleet / plain
 FastAPI, pixelfleet / best in-process, milliseconds pixelfleet adds to plain's p50 at 1
 concurrent) against its goals, and, when pixelfleet's ``/metrics`` has a histogram with "batch" in
@@ -106,6 +109,7 @@ class Run:
     pss_gib: float | None
     client_cpu_ms_per_req: float | None = None
     errors: dict[str, int] = field(default_factory=dict)
+    others_cores: float | None = None  # CPU used meanwhile by processes outside the bench and the server, cores
     batches: dict[str, int] | None = None
 
 
@@ -240,6 +244,12 @@ def tree_cpu_s(root: psutil.Process) -> float:
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
     return total
+
+
+def busy_cpu_s() -> float:
+    """CPU seconds the whole machine has spent busy (all cores; not idle, not waiting on I/O)."""
+    times = psutil.cpu_times()
+    return sum(times) - times.idle - getattr(times, "iowait", 0.0)
 
 
 def tree_pss_gib(root: psutil.Process) -> float:
@@ -433,13 +443,14 @@ async def http_load(base: str, path: str, bodies: list[bytes], concurrency: int,
 
 def run_http(server: Server, workload: str, bodies: list[bytes], concurrency: int, total: int) -> Run:
     """One measured run against a server: latencies, tree CPU and PSS."""
-    cpu_before, client_before = tree_cpu_s(server.root), time.process_time()
+    cpu_before, client_before, busy_before = tree_cpu_s(server.root), time.process_time(), busy_cpu_s()
     latencies, errors, wall = asyncio.run(http_load(server.base, server.routes[workload], bodies, concurrency, total))
     client_cpu = time.process_time() - client_before
     cpu = tree_cpu_s(server.root) - cpu_before
+    others = max(0.0, busy_cpu_s() - busy_before - cpu - client_cpu) / wall
     rps, p50, p99 = summarize(latencies, wall)
     return Run(server.name, workload, concurrency, total, len(latencies), wall, rps, p50, p99, cpu / total,
-               tree_pss_gib(server.root), 1000 * client_cpu / total, errors)  # fmt: skip
+               tree_pss_gib(server.root), 1000 * client_cpu / total, errors, others_cores=others)  # fmt: skip
 
 
 def run_inprocess(pipeline, workers: int, workload: str, bodies: list[bytes], total: int) -> Run:
@@ -454,13 +465,14 @@ def run_inprocess(pipeline, workers: int, workload: str, bodies: list[bytes], to
         with lock:
             latencies.append(time.perf_counter() - started)
 
-    cpu_before, started = time.process_time(), time.perf_counter()
+    cpu_before, busy_before, started = time.process_time(), busy_cpu_s(), time.perf_counter()
     with ThreadPoolExecutor(workers) as pool:
         list(pool.map(one, range(total)))
     wall, cpu = time.perf_counter() - started, time.process_time() - cpu_before
+    others = max(0.0, busy_cpu_s() - busy_before - cpu) / wall
     rps, p50, p99 = summarize(latencies, wall)
     pss = psutil.Process().memory_full_info().pss / 2**30
-    return Run("inprocess", workload, workers, total, len(latencies), wall, rps, p50, p99, cpu / total, pss)
+    return Run("inprocess", workload, workers, total, len(latencies), wall, rps, p50, p99, cpu / total, pss, others_cores=others)
 
 
 def requests_for(workload: str, concurrency: int, requests: int, quick: bool) -> int:
@@ -579,8 +591,8 @@ def workload_table(runs: list[Run], workload: str) -> str:
         level = f"{run.concurrency} worker{'s' if run.concurrency > 1 else ''}" if run.server == "inprocess" else str(run.concurrency)
         errors = ", ".join(f"{k}: {v}" for k, v in run.errors.items()) or "0"
         rows.append([LABELS[run.server], level, fmt(run.rps, 2), fmt(run.p50_ms, 0), fmt(run.p99_ms, 0), fmt(run.cpu_s_per_req, 3),
-                     fmt(run.pss_gib, 2), fmt(run.client_cpu_ms_per_req, 1), f"{run.ok}/{run.requests}", errors])  # fmt: skip
-    headers = ["server", "concurrent", "req/s", "p50 ms", "p99 ms", "server CPU s/req", "PSS GiB", "client CPU ms/req", "answered", "errors"]
+                     fmt(run.pss_gib, 2), fmt(run.client_cpu_ms_per_req, 1), fmt(run.others_cores, 2), f"{run.ok}/{run.requests}", errors])  # fmt: skip
+    headers = ["server", "concurrent", "req/s", "p50 ms", "p99 ms", "server CPU s/req", "PSS GiB", "client CPU ms/req", "others' CPU (cores)", "answered", "errors"]
     return table(headers, rows)
 
 
@@ -616,7 +628,8 @@ def summary_tables(runs: list[Run], servers: dict[str, dict], floor: dict) -> tu
             vs_best = ratio(pf and pf.rps, inproc and inproc.rps)
         rows.append([label, inproc_cell, *cells, fmt(vs_plain, 2), fmt(vs_best, 2)])
     idle = [fmt(servers.get(s, {}).get("idle_pss_gib"), 2) + " GiB" if servers.get(s) else "-" for s in ("plain", "bentoml", "pixelfleet")]
-    rows.append(["idle memory (PSS, all processes)", f"{fmt(servers.get('inprocess', {}).get('idle_pss_gib'), 2)} GiB", *idle, "", ""])
+    inproc_pss = servers.get("inprocess", {}).get("idle_pss_gib")
+    rows.append(["idle memory (PSS, all processes)", f"{fmt(inproc_pss, 2)} GiB (models loaded)" if inproc_pss else "-", *idle, "", ""])
     ready = [fmt(servers.get(s, {}).get("ready_s"), 1) + " s" if servers.get(s) else "-" for s in ("plain", "bentoml", "pixelfleet")]
     rows.append(["start to ready", "", *ready, "", ""])
     comparison = table(["workload", "in-process (best)", "plain FastAPI", "BentoML", "pixelfleet", "pixelfleet / plain", "pixelfleet / in-process"], rows)
