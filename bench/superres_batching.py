@@ -1,17 +1,20 @@
-"""Tile batches of the super-resolution replica by ``batch_wait_timeout_s``, without Ray's proxy.
+"""Tile batches of the super-resolution replica by batch wait policy, without Ray's proxy.
 
 Builds the replica's class (``SuperResolution``, with its ``@serve.batch`` tile method) in this
-process, sends 128x128 crops of real photos (one tile each) at 1 and at 8 concurrent requests,
-and prints, for one batch wait timeout: the batch-size distribution (every call of the batched
-method), requests per second and the median latency at each concurrency, with ratios against 1
-concurrent request. A timeout of 0 takes what is queued when the model is free: batches fill
-under load (requests queue while a batch runs) and a lone request never waits.
+process and sends it 128x128 crops of real photos as PNG (``upscale``: decode, one tile, encode
+PNG 512x512, as a request takes in the replica) at 1, 2 and 8 concurrent requests. Every policy of
+``--policies`` runs in the same run, interleaved per concurrency level, on the same replica (Ray
+2.60's ``@serve.batch`` queue binds to the event loop of its first call, so one replica and one
+loop; the policy is switched live with ``set_batch_wait_timeout_s``). A policy is a
+``batch_wait_timeout_s`` (``0.01``: every batch waits up to 10 ms to fill) or ``adaptive:T``
+(``adaptive_batch_wait``: wait up to T only while another request is in the replica), each run
+``--rounds`` times interleaved with the others. Printed per policy and level: the batch-size
+distribution (every call of the batched method), mean tiles per batch, requests per second and
+p50, with ratios against the first policy at that level. The replica's Prometheus histogram of
+the same sizes is ``ray_pixelfleet_batch_size`` (``GET /metrics``), and Ray's own
+``ray_serve_batch_wait_time_ms`` has the wait.
 
-One timeout per run: Ray 2.60's ``@serve.batch`` queue binds to the event loop of its first call,
-and a second replica object in a new loop hung (seen with 0 after 0.01 in one process).
-
-    python bench/superres_batching.py --images ../shared/datasets/sr/val/bsd200 --timeout 0
-    python bench/superres_batching.py --images ../shared/datasets/sr/val/bsd200 --timeout 0.01
+    python bench/superres_batching.py --images ../shared/datasets/sr/val/bsd200 --policies 0,0.01,adaptive:0.05
 """
 
 from __future__ import annotations
@@ -19,37 +22,47 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import io
 import statistics
 import time
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
 
+from pixelfleet.deployments.spec import VariantAddress
 from pixelfleet.deployments.superres import deployment as sr_deployment
 from pixelfleet.ray_private import allow_batching_outside_serve
 
 
-def crops(folder: Path, count: int, size: int) -> list[np.ndarray]:
-    """``count`` centre crops ``(size, size, 3)`` uint8 of the images in ``folder``, cycled."""
+def crops(folder: Path, count: int, size: int) -> list[bytes]:
+    """``count`` centre crops ``size`` x ``size`` of the PNG photos in ``folder`` (cycled), as PNG bytes."""
     images = []
-    for path in sorted(folder.glob("*.png")):
+    for path in sorted(folder.glob("*.png"))[:count]:
         with Image.open(path) as image:
-            rgb = np.asarray(image.convert("RGB"))
-        top, left = (rgb.shape[0] - size) // 2, (rgb.shape[1] - size) // 2
-        images.append(np.ascontiguousarray(rgb[top : top + size, left : left + size]))
+            rgb = image.convert("RGB")
+        left, top = (rgb.width - size) // 2, (rgb.height - size) // 2
+        buffer = io.BytesIO()
+        rgb.crop((left, top, left + size, top + size)).save(buffer, format="PNG")
+        images.append(buffer.getvalue())
     return [images[i % len(images)] for i in range(count)]
 
 
-async def run(replica, images: list[np.ndarray], concurrency: int) -> tuple[float, list[float]]:
+def set_policy(replica, policy: str) -> None:
+    """Switch the replica's batch wait live: ``T`` seconds, or ``adaptive:T``."""
+    adaptive, _, timeout = policy.rpartition(":")
+    replica.batch_wait_timeout_s, replica.adaptive_batch_wait = float(timeout), adaptive == "adaptive"
+    replica._infer_tiles.set_batch_wait_timeout_s(float(timeout))
+
+
+async def run(replica, images: list[bytes], concurrency: int, route: list) -> tuple[float, list[float]]:
     """Seconds for all images at ``concurrency`` in flight, and each request's latency."""
     gate = asyncio.Semaphore(concurrency)
     latencies: list[float] = []
 
-    async def one(image: np.ndarray) -> None:
+    async def one(image: bytes) -> None:
         async with gate:
             started = time.perf_counter()
-            await replica.upscale_pixels(image)
+            await replica.upscale(image, {}, route)
             latencies.append(time.perf_counter() - started)
 
     started = time.perf_counter()
@@ -57,23 +70,34 @@ async def run(replica, images: list[np.ndarray], concurrency: int) -> tuple[floa
     return time.perf_counter() - started, latencies
 
 
-async def levels(replica, images: list[np.ndarray], sizes: collections.Counter) -> list:
-    """Warm-up, then 1 and 8 concurrent, in one event loop (``@serve.batch`` binds its queue to
-    the loop of its first call): ``(concurrency, batch sizes, seconds, latencies)`` each."""
-    await run(replica, images[:2], 1)
-    rows = []
+async def levels(replica, images: list[bytes], policies: list[str], concurrencies: list[int], rounds: int, sizes: collections.Counter) -> list:
+    """Warm-up, then every concurrency level: ``rounds`` times each policy in turn (interleaved,
+    so drift of a shared machine's load falls on all alike), in one event loop. Returns
+    ``(concurrency, policy, batch sizes, seconds, latencies)`` each, summed over the rounds."""
+    route = [VariantAddress("superres", replica.variant, "bench", f"superres-{replica.variant}")]
     for concurrency in (1, 8):
-        sizes.clear()
-        seconds, latencies = await run(replica, images, concurrency)
-        rows.append((concurrency, collections.Counter(sizes), seconds, latencies))
-    return rows
+        await run(replica, images[:8], concurrency, route)
+    totals: dict[tuple[int, str], tuple[collections.Counter, float, list[float]]] = {}
+    for concurrency in concurrencies:
+        for _ in range(rounds):
+            for policy in policies:
+                set_policy(replica, policy)
+                sizes.clear()
+                seconds, latencies = await run(replica, images, concurrency, route)
+                seen, spent, all_latencies = totals.setdefault((concurrency, policy), (collections.Counter(), 0.0, []))
+                seen.update(sizes)
+                all_latencies.extend(latencies)
+                totals[concurrency, policy] = (seen, spent + seconds, all_latencies)
+    return [(concurrency, policy, *totals[concurrency, policy]) for concurrency in concurrencies for policy in policies]
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=Path, required=True, help="folder of PNG photos")
-    parser.add_argument("--timeout", type=float, default=0.01, help="batch_wait_timeout_s (local.yaml: 0.01)")
-    parser.add_argument("--requests", type=int, default=24, help="requests per concurrency level")
+    parser.add_argument("--policies", default="0,0.01,adaptive:0.01", help="comma-separated: T or adaptive:T (local.yaml's first)")
+    parser.add_argument("--concurrency", default="1,2,8", help="comma-separated levels")
+    parser.add_argument("--requests", type=int, default=32, help="requests per policy, level and round")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of all policies per level")
     parser.add_argument("--max-batch-size", type=int, default=2, help="tiles per forward pass (local.yaml: 2)")
     args = parser.parse_args(argv)
 
@@ -87,19 +111,22 @@ def main(argv: list[str] | None = None) -> None:
 
     sr_deployment.telemetry.record_batch = counting
     images = crops(args.images, args.requests, 128)
-    baseline: dict[int, tuple[float, float]] = {}  # the 1-concurrent row
-    print("| batch_wait_timeout_s | concurrent | batches by size | req/s | vs 1 concurrent | p50 ms | vs 1 concurrent |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
-    for timeout in [args.timeout]:
-        replica = sr_deployment.SuperResolution.func_or_class(
-            variant="srresnet-x4", weights="builtin:srresnet-x4", tile_size=192, overlap=32,
-            max_batch_size=args.max_batch_size, batch_wait_timeout_s=timeout, num_threads=2, precision="auto",
-        )
-        for concurrency, sizes_seen, seconds, latencies in asyncio.run(levels(replica, images, sizes)):
-            rate, p50 = len(images) / seconds, statistics.median(latencies) * 1000
-            base = baseline.setdefault(0, (rate, p50))
-            histogram = ", ".join(f"{size}: {count}" for size, count in sorted(sizes_seen.items()))
-            print(f"| {timeout:g} | {concurrency} | {histogram} | {rate:.2f} | {rate / base[0]:.2f} | {p50:.0f} | {p50 / base[1]:.2f} |", flush=True)
+    policies = args.policies.split(",")
+    replica = sr_deployment.SuperResolution.func_or_class(
+        variant="srresnet-x4", weights="builtin:srresnet-x4", tile_size=192, overlap=32,
+        max_batch_size=args.max_batch_size, num_threads=2, precision="auto",
+    )  # fmt: skip
+    rows = asyncio.run(levels(replica, images, policies, [int(c) for c in args.concurrency.split(",")], args.rounds, sizes))
+    print("| policy | concurrent | batches by size | tiles per batch | req/s | vs first policy | p50 ms | vs first policy |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    first: dict[int, tuple[float, float]] = {}
+    for concurrency, policy, sizes_seen, seconds, latencies in rows:
+        rate, p50 = len(latencies) / seconds, statistics.median(latencies) * 1000
+        base = first.setdefault(concurrency, (rate, p50))
+        histogram = ", ".join(f"{size}: {count}" for size, count in sorted(sizes_seen.items()))
+        mean = sum(size * count for size, count in sizes_seen.items()) / max(1, sum(sizes_seen.values()))
+        print(f"| {policy} | {concurrency} | {histogram} | {mean:.2f} | {rate:.2f} | {rate / base[0]:.2f} | {p50:.0f} | {p50 / base[1]:.2f} |", flush=True)
+
 
 if __name__ == "__main__":
     main()

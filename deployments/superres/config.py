@@ -23,6 +23,11 @@ class SuperResVariant(Strict):
     overlap: int = Field(32, ge=0, description="overlap of adjacent tiles, LR pixels")
     max_batch_size: int = Field(16, ge=1, description="tiles per forward pass (@serve.batch)")
     batch_wait_timeout_s: float = Field(0.01, ge=0, description="how long a batch waits to fill, seconds")
+    adaptive_batch_wait: bool = Field(
+        False,
+        description="wait batch_wait_timeout_s for a batch to fill only while another request is in the replica; "
+        "a lone request's tiles go at once (BENCHMARKS.md: tile batches)",
+    )
     backend: Literal["torch", "onnx"] = Field("torch", description="PyTorch, or ONNX Runtime on an exported model")
     quantize: Literal["none", "int8"] = Field("none", description="int8 dynamic quantization (onnx backend only)")
     device: Literal["cpu", "cuda"] = "cpu"

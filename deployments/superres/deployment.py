@@ -52,8 +52,9 @@ class SuperResolution(VariantDeployment):
     Args (from the family config's variant, ``config.py``): ``variant`` name, ``limits``
     (:class:`~pixelfleet.deployments.spec.Limits` as a dict), ``weights`` (``builtin:NAME`` or a
     folder), ``tile_size`` and ``overlap`` in LR pixels, ``max_batch_size`` tiles per forward
-    pass, ``batch_wait_timeout_s`` seconds, ``num_threads`` (default: the replica's CPUs),
-    ``png_level`` (zlib level of PNG output unless a request sets one), and the
+    pass, ``batch_wait_timeout_s`` seconds a batch waits to fill, ``adaptive_batch_wait`` (wait
+    only while another request is in the replica; a lone request's tiles go at once),
+    ``num_threads`` (default: the replica's CPUs), ``png_level`` (zlib level of PNG output unless a request sets one), and the
     :class:`Upscaler` options ``backend``, ``quantize``, ``device``, ``precision``, ``ensemble``.
     """
 
@@ -66,6 +67,7 @@ class SuperResolution(VariantDeployment):
         overlap: int = 32,
         max_batch_size: int = 16,
         batch_wait_timeout_s: float = 0.01,
+        adaptive_batch_wait: bool = False,
         num_threads: int | None = None,
         png_level: int = FAST_PNG_LEVEL,
         **upscaler_options: str,
@@ -73,6 +75,8 @@ class SuperResolution(VariantDeployment):
         started = time.monotonic()
         self.variant, self.tile_size, self.overlap, self.max_batch_size = variant, tile_size, overlap, max_batch_size
         self.png_level = png_level
+        self.batch_wait_timeout_s, self.adaptive_batch_wait = batch_wait_timeout_s, adaptive_batch_wait
+        self._upscaling = 0  # requests of this replica in upscale_pixels now
         self.limits = Limits.model_validate(limits or {})
         folder = resolve_model_folder(weights)
         self.upscaler = Upscaler(Path(folder), num_threads=replica_threads(num_threads), weights_ref=weights, **upscaler_options)
@@ -108,7 +112,13 @@ class SuperResolution(VariantDeployment):
         Raises:
             InvalidInput: not a uint8 image array.
         """
-        return await upscale_tiled(image, self.upscaler.scale, self.tile_size, self.overlap, self._infer_tiles, 4 * self.max_batch_size)
+        self._upscaling += 1
+        try:
+            if self.adaptive_batch_wait:  # a batch waits to fill only while another request is here: a lone one never waits
+                self._infer_tiles.set_batch_wait_timeout_s(self.batch_wait_timeout_s if self._upscaling > 1 else 0.0)
+            return await upscale_tiled(image, self.upscaler.scale, self.tile_size, self.overlap, self._infer_tiles, 4 * self.max_batch_size)
+        finally:
+            self._upscaling -= 1
 
     async def upscale(self, image: bytes | np.ndarray, params: dict, route: list[VariantAddress]) -> Result:
         """Upscale an encoded image (PNG, JPEG, WebP, TIFF, AVIF, BMP, GIF) or ``(H, W, C)`` uint8
