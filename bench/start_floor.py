@@ -1,0 +1,105 @@
+"""The floor under ``pixelfleet up``'s start to ready: a local Ray and Serve with trivial replicas.
+
+In a fresh interpreter (as ``pixelfleet up`` starts), it times each step until an HTTP request
+through Serve's proxy is answered:
+
+- ``import ray, ray.serve``;
+- ``ray.init()`` (GCS, raylet, the dashboard agent; no dashboard), as ``pixelfleet up`` calls it;
+- ``serve.start()`` (the controller and the HTTP proxy);
+- ``serve.run()`` of an application of ``--replicas`` deployments, each one replica that does
+  nothing (num_cpus 0), until the proxy answers 200: what starting N replica processes costs
+  here, without any model, before any import of pixelfleet.
+
+``pixelfleet up`` with ``local.yaml`` starts 4 replicas at ready (Ingress, JobWorker,
+``superres-srresnet-x4``, ``ocr-tesseract``); compare ``--replicas 4`` with ``bench/memory.py``'s
+start to ready.
+
+    python bench/start_floor.py --replicas 4
+
+Wrap it in ``flock /tmp/pixelfleet-heavy.lock`` on a shared machine. Prints one line per step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import subprocess
+import sys
+import time
+
+CHILD = r"""
+import json, logging, sys, time
+t0 = time.monotonic()
+import ray
+from ray import serve
+marks = {"import ray, ray.serve": time.monotonic() - t0}
+replicas, port = int(sys.argv[1]), int(sys.argv[2])
+t = time.monotonic()
+ray.init(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+marks["ray.init"] = time.monotonic() - t
+t = time.monotonic()
+serve.start(http_options={"host": "127.0.0.1", "port": port})
+marks["serve.start (controller, proxy)"] = time.monotonic() - t
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0})
+class Leaf:
+    def __call__(self) -> str:
+        return "ok"
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0})
+class Front:
+    def __init__(self, *leaves):
+        self.leaves = leaves
+
+    async def __call__(self, request) -> str:
+        return "ok"
+
+
+leaves = [Leaf.options(name=f"leaf{i}").bind() for i in range(replicas - 1)]
+t = time.monotonic()
+serve.run(Front.bind(*leaves), name="floor", route_prefix="/")
+marks[f"serve.run, {replicas} trivial replicas running"] = time.monotonic() - t
+import urllib.request
+t = time.monotonic()
+while True:
+    try:
+        if urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).status == 200:
+            break
+    except OSError:
+        time.sleep(0.05)
+marks["first HTTP 200 through the proxy"] = time.monotonic() - t
+marks["total (interpreter start excluded)"] = time.monotonic() - t0
+print(json.dumps(marks))
+serve.shutdown()
+ray.shutdown()
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--replicas", type=int, default=4, help="trivial replicas of the app (one front + N-1 behind it)")
+    args = parser.parse_args(argv)
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", CHILD, str(args.replicas), str(free_port())], capture_output=True, text=True, timeout=600)
+    wall = time.monotonic() - started
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode != 0 or not lines:
+        print(done.stdout[-3000:], done.stderr[-3000:])
+        return 1
+    for step, seconds in json.loads(lines[-1]).items():
+        print(f"{seconds:6.1f} s  {step}")
+    print(f"{wall:6.1f} s  wall, from the interpreter's start to its exit (shutdown included)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
