@@ -1,5 +1,5 @@
 """The pixelfleet pipeline as a BentoML service: the BentoML point of `bench/serving.py`
-(bench-only; runs in the bench's own virtualenv ``bench/.venv-bentoml``).
+(bench-only; runs in the bench's own virtualenv ``.venv-bentoml`` (repository root)).
 
 One BentoML worker (``workers=1``); sync APIs, run by BentoML in its thread pool (``threads=16``),
 each through :class:`serving_pipeline.Pipeline` (the replica's upscaler and Tesseract engine, same

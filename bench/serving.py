@@ -10,9 +10,9 @@ One command runs, one server after the other, on the same real images:
 - **plain**: a single-process FastAPI + uvicorn server running that pipeline per request
   (``bench/plain_server.py``);
 - **bentoml**: the same pipeline as a BentoML service (``bench/bento_service.py``), in the bench's
-  own virtualenv ``bench/.venv-bentoml`` that this script makes on first use (``bentoml`` and
-  this package, ``--constraint constraints.txt``); if it cannot be installed or started, the
-  bench says why and goes on;
+  own virtualenv ``.venv-bentoml`` (at the repository root, outside the folders the tests scan)
+  that this script makes on first use (``bentoml`` and this package, ``--constraint
+  constraints.txt``); if it cannot be installed or started, the bench says why and goes on;
 - **pixelfleet**: ``python -m pixelfleet.serve.cli up --port P`` with the default config
   (``serve/configs/local.yaml``: ``srresnet-x4`` and ``tesseract`` serve by default), as a new
   user starts it.
@@ -82,7 +82,7 @@ import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
-BENTO_VENV = BENCH / ".venv-bentoml"
+BENTO_VENV = ROOT / ".venv-bentoml"  # not below bench/: tests/unit/test_layers.py parses every .py there
 SERVERS = ("inprocess", "plain", "bentoml", "pixelfleet")
 WORKLOADS = ("sr", "ocr", "big")
 TITLES = {"sr": "SR 128->512, PNG out", "ocr": "OCR, one line scan", "big": "SR 512->2048, PNG out"}
@@ -351,7 +351,7 @@ def stop_server(server: Server, grace_s: float = 60) -> None:
 
 
 def ensure_bentoml_venv(log: Path) -> Path:
-    """``bench/.venv-bentoml/bin/bentoml``, making the venv first if needed (``bentoml`` and this
+    """``.venv-bentoml/bin/bentoml``, making the venv first if needed (``bentoml`` and this
     package, editable, ``--constraint constraints.txt`` so torch is the pinned wheel, plus
     ``bench/bentoml-constraints.txt`` and .venv's own versions so pip does not backtrack).
 
