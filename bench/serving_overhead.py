@@ -13,7 +13,17 @@ with pixelfleet's ratios to the plain server measured in the same run.
 
 ``--arm NAME:KEY=VALUE,KEY=VALUE`` (repeatable) runs ``pixelfleet up`` once more with those
 environment variables (and so the local Ray it starts; ``CONFIG=path`` takes another Serve config):
-an A/B probe of Ray's knobs in one run. Also printed: the server's CPU while idle (ms per second,
+an A/B probe of Ray's knobs in one run. In a value, ``{port}`` and ``{port+1}`` stand for the port the
+arm's server gets (e.g. to pin Serve's direct ingress to it:
+``RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT={port},RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT={port+1}``),
+and ``{port2}`` for a second free port; ``LOAD_PORT=PORT`` sends the requests to that port instead
+of ``up``'s (readiness is still polled on ``up``'s): Ray 2.60 starts its HTTP proxy on ``up``'s
+port even with direct ingress, so the Ingress replica's own server needs another one.
+Before the load, one request must come back 200 as a PNG of 4x the crop's size, and the bench
+names the process that listens on the port (stderr). ``--logs DIR`` keeps each server's console
+output (``DIR/NAME.log``: ``pixelfleet up``'s banner, its drain line); after the load each server gets
+SIGTERM (its own shutdown: ``up`` drains, then stops Serve) and the bench prints how long it took
+to exit. Also printed: the server's CPU while idle (ms per second,
 after the warm-up), which the per-request figures do not include.
 
     python bench/serving_overhead.py --images ../shared/datasets/sr/val/bsd200
@@ -152,14 +162,41 @@ def wait_ready(url: str, process: subprocess.Popen, timeout_s: float) -> float:
     raise TimeoutError(f"{url} not ready in {timeout_s} s")
 
 
-def measure(name: str, command: list[str], port: int, env: dict[str, str], bodies: list[bytes], warmup: int) -> dict[int, dict]:
-    """Start a server, warm it up, load it at each level; ``{concurrency: {rate, p50, p99, cpu}}``."""
+def listener(port: int) -> str:
+    """The command line of the process that listens on ``port`` (127.0.0.1 or any address)."""
+    for conn in psutil.net_connections("tcp"):
+        if conn.status == psutil.CONN_LISTEN and conn.laddr.port == port and conn.pid:
+            return " ".join(psutil.Process(conn.pid).cmdline())[:80]
+    return "unknown"
+
+
+def check_answer(url: str, body: bytes) -> None:
+    """One request: 200 and a PNG of 4x the input's size, or RuntimeError."""
+    response = httpx.post(f"{url}/v1/superres", content=body, headers={"Content-Type": "image/png"}, timeout=120)
+    if response.status_code != 200:
+        raise RuntimeError(f"{response.status_code}: {response.text[:200]}")
+    with Image.open(io.BytesIO(body)) as sent, Image.open(io.BytesIO(response.content)) as got:
+        if got.format != "PNG" or got.size != (4 * sent.width, 4 * sent.height):
+            raise RuntimeError(f"got {got.format} {got.size} for {sent.size}")
+
+
+def measure(
+    name: str, command: list[str], port: int, env: dict[str, str], bodies: list[bytes], warmup: int, log: Path | None = None,
+    load_port: int | None = None,
+) -> dict[int, dict]:
+    """Start a server, warm it up, load it at each level (on ``load_port`` if given);
+    ``{concurrency: {rate, p50, p99, cpu}}``."""
     url = f"http://127.0.0.1:{port}"
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    output = open(log, "w") if log else subprocess.DEVNULL  # noqa: SIM115 - closed below
+    process = subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
     rows = {}
     try:
-        ready = wait_ready(url, process, 300)
-        print(f"{name}: ready in {ready:.1f} s", file=sys.stderr, flush=True)
+        ready = wait_ready(url, process, 180)
+        if load_port:
+            url, port = f"http://127.0.0.1:{load_port}", load_port
+            wait_ready(url, process, 60)
+        check_answer(url, bodies[0])
+        print(f"{name}: ready in {ready:.1f} s; 200 PNG 4x; port {port} served by: {listener(port)}", file=sys.stderr, flush=True)
         asyncio.run(load(url, bodies[:warmup], 1))
         asyncio.run(load(url, bodies[:warmup], 8))
         root = psutil.Process(process.pid)
@@ -182,12 +219,20 @@ def measure(name: str, command: list[str], port: int, env: dict[str, str], bodie
             }
             print(f"{name} {concurrency}: {rows[concurrency]}", file=sys.stderr, flush=True)
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
+        process.send_signal(signal.SIGTERM)  # the server's own shutdown (pixelfleet up: drain, then Serve stops)
+        stopping = time.monotonic()
         try:
-            process.wait(60)
+            process.wait(90)
+            print(f"{name}: exited {time.monotonic() - stopping:.1f} s after SIGTERM", file=sys.stderr, flush=True)
         except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+            print(f"{name}: still running 90 s after SIGTERM", file=sys.stderr, flush=True)
+        try:
+            os.killpg(process.pid, signal.SIGKILL)  # whatever of its process group is left
+        except ProcessLookupError:
+            pass
+        process.wait()
+        if log:
+            output.close()
     return rows
 
 
@@ -198,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=48, help="requests per concurrency level")
     parser.add_argument("--warmup", type=int, default=8, help="requests before measuring, at 1 and at 8 concurrent")
     parser.add_argument("--arm", action="append", default=[], metavar="NAME:KEY=VALUE,...", help="one more pixelfleet run with this environment (repeatable)")
+    parser.add_argument("--logs", type=Path, help="folder for each server's console output (NAME.log)")
     parser.add_argument("--only", choices=("plain", "pixelfleet"), help="run the plain server only, or pixelfleet (and its arms) only")
     parser.add_argument("--serve-plain", type=int, metavar="PORT", help=argparse.SUPPRESS)  # the plain server's own process
     args = parser.parse_args(argv)
@@ -207,12 +253,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.images is None:
         parser.error("--images is required")
     bodies = png_crops(args.images, args.requests)
+    if args.logs:
+        args.logs.mkdir(parents=True, exist_ok=True)
+    log = (lambda name: args.logs / f"{name.replace(' ', '_')}.log") if args.logs else (lambda name: None)
     base_env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     results: dict[str, dict[int, dict]] = {}
     if args.only in (None, "plain"):
         port = free_port()
         command = [sys.executable, __file__, "--config", str(args.config), "--serve-plain", str(port)]
-        results["plain"] = measure("plain", command, port, base_env, bodies, args.warmup)
+        results["plain"] = measure("plain", command, port, base_env, bodies, args.warmup, log("plain"))
     arms = {"pixelfleet": {}} if args.only in (None, "pixelfleet") else {}
     for arm in args.arm if args.only in (None, "pixelfleet") else []:
         name, _, pairs = arm.partition(":")
@@ -220,7 +269,13 @@ def main(argv: list[str] | None = None) -> int:
     for name, extra in arms.items():
         port, config = free_port(), extra.pop("CONFIG", str(args.config))
         command = [sys.executable, "-m", "pixelfleet.serve.cli", "up", "--config", config, "--port", str(port)]
-        results[name] = measure(name, command, port, {**base_env, **extra}, bodies, args.warmup)
+        port2 = free_port()
+        env = {k: v.replace("{port}", str(port)).replace("{port+1}", str(port + 1)).replace("{port2}", str(port2)) for k, v in extra.items()}
+        load_port = int(env.pop("LOAD_PORT")) if "LOAD_PORT" in env else None
+        try:
+            results[name] = measure(name, command, port, {**base_env, **env}, bodies, args.warmup, log(name), load_port)
+        except (RuntimeError, TimeoutError, httpx.HTTPError) as err:  # an arm that does not serve: say so, go on
+            print(f"{name}: FAILED: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
         extra["CONFIG"] = config
     print(f"config: {args.config}; {args.requests} requests per level")
     for name, extra in arms.items():
