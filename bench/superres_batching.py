@@ -76,7 +76,7 @@ async def levels(replica, images: list[bytes], policies: list[str], concurrencie
     ``(concurrency, policy, batch sizes, seconds, latencies)`` each, summed over the rounds."""
     route = [VariantAddress("superres", replica.variant, "bench", f"superres-{replica.variant}")]
     for concurrency in (1, 8):
-        await run(replica, images[:8], concurrency, route)
+        await run(replica, images[: min(8, len(images))], concurrency, route)
     totals: dict[tuple[int, str], tuple[collections.Counter, float, list[float]]] = {}
     for concurrency in concurrencies:
         for _ in range(rounds):
@@ -99,6 +99,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--requests", type=int, default=32, help="requests per policy, level and round")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of all policies per level")
     parser.add_argument("--max-batch-size", type=int, default=2, help="tiles per forward pass (local.yaml: 2)")
+    parser.add_argument("--num-threads", type=int, default=2, help="torch threads of the replica")
+    parser.add_argument("--concurrent-batches", type=int, default=1, help="forward passes at once (concurrent_batches)")
+    parser.add_argument("--size", type=int, default=128, help="side of the LR crops, pixels (512: 9 tiles of 192 each)")
     args = parser.parse_args(argv)
 
     allow_batching_outside_serve()
@@ -110,11 +113,12 @@ def main(argv: list[str] | None = None) -> None:
         record(variant, size)
 
     sr_deployment.telemetry.record_batch = counting
-    images = crops(args.images, args.requests, 128)
+    images = crops(args.images, args.requests, args.size)
     policies = args.policies.split(",")
     replica = sr_deployment.SuperResolution.func_or_class(
         variant="srresnet-x4", weights="builtin:srresnet-x4", tile_size=192, overlap=32,
-        max_batch_size=args.max_batch_size, num_threads=2, precision="auto",
+        max_batch_size=args.max_batch_size, num_threads=args.num_threads, concurrent_batches=args.concurrent_batches,
+        precision="auto",
     )  # fmt: skip
     rows = asyncio.run(levels(replica, images, policies, [int(c) for c in args.concurrency.split(",")], args.rounds, sizes))
     print("| policy | concurrent | batches by size | tiles per batch | req/s | vs first policy | p50 ms | vs first policy |")

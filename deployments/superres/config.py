@@ -28,6 +28,10 @@ class SuperResVariant(Strict):
         description="wait batch_wait_timeout_s for a batch to fill only while another request is in the replica; "
         "a lone request's tiles go at once (BENCHMARKS.md: tile batches)",
     )
+    concurrent_batches: int = Field(
+        1, ge=1, le=16,
+        description="forward passes at once, each in its own thread (with num_threads: 1 on a CPU, one per core)",
+    )  # fmt: skip
     backend: Literal["torch", "onnx"] = Field("torch", description="PyTorch, or ONNX Runtime on an exported model")
     quantize: Literal["none", "int8"] = Field("none", description="int8 dynamic quantization (onnx backend only)")
     device: Literal["cpu", "cuda"] = "cpu"

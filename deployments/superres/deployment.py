@@ -54,6 +54,8 @@ class SuperResolution(VariantDeployment):
     folder), ``tile_size`` and ``overlap`` in LR pixels, ``max_batch_size`` tiles per forward
     pass, ``batch_wait_timeout_s`` seconds a batch waits to fill, ``adaptive_batch_wait`` (wait
     only while another request is in the replica; a lone request's tiles go at once),
+    ``concurrent_batches`` (forward passes at once, each in its own thread: on a CPU, 2 with
+    ``num_threads: 1`` keeps both cores busy where one small tile cannot),
     ``num_threads`` (default: the replica's CPUs), ``png_level`` (zlib level of PNG output unless a request sets one), and the
     :class:`Upscaler` options ``backend``, ``quantize``, ``device``, ``precision``, ``ensemble``.
     """
@@ -68,6 +70,7 @@ class SuperResolution(VariantDeployment):
         max_batch_size: int = 16,
         batch_wait_timeout_s: float = 0.01,
         adaptive_batch_wait: bool = False,
+        concurrent_batches: int = 1,
         num_threads: int | None = None,
         png_level: int = FAST_PNG_LEVEL,
         **upscaler_options: str,
@@ -80,16 +83,19 @@ class SuperResolution(VariantDeployment):
         self.limits = Limits.model_validate(limits or {})
         folder = resolve_model_folder(weights)
         self.upscaler = Upscaler(Path(folder), num_threads=replica_threads(num_threads), weights_ref=weights, **upscaler_options)
-        self._infer_tiles.set_max_batch_size(max_batch_size)
-        self._infer_tiles.set_batch_wait_timeout_s(batch_wait_timeout_s)
+        # this replica's own batch queue (Ray's decorator on a method would share one per process)
+        self._infer_tiles = serve.batch(
+            max_batch_size=max_batch_size, batch_wait_timeout_s=batch_wait_timeout_s, max_concurrent_batches=concurrent_batches
+        )(self._forward_tiles)
         self.upscaler.forward(np.zeros((1, 3, tile_size, tile_size), dtype=np.float32))  # warm-up
         self.load_seconds = time.monotonic() - started
         telemetry.record_load(variant, self.load_seconds)
         logger.info("variant %s: x%d loaded from %s in %.1f s", variant, self.upscaler.scale, weights, self.load_seconds)
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
-    async def _infer_tiles(self, tiles: list[np.ndarray]) -> list[np.ndarray]:
-        """Batched: each item ``(3, h, w)`` uint8 -> ``(3, h*s, w*s)`` uint8.
+    async def _forward_tiles(self, tiles: list[np.ndarray]) -> list[np.ndarray]:
+        """One batch (``self._infer_tiles`` is this method under ``serve.batch``, with up to
+        ``concurrent_batches`` batches running at once, each forward pass in its own thread):
+        each item ``(3, h, w)`` uint8 -> ``(3, h*s, w*s)`` uint8.
 
         Tiles are ``tile_size`` square, except that an image smaller than a tile is one tile of its
         own size; one forward pass per distinct shape in the batch.
