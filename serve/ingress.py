@@ -113,6 +113,7 @@ class Ingress:
         self._shadow_slots: dict[tuple[str, str], asyncio.Semaphore] = {}
         self._change_lock = asyncio.Lock()
         self._replicas: dict[tuple[str, str], control.Replicas] | None = None
+        self._replicas_refresh: asyncio.Future | None = None  # the one controller call in flight, shared
 
     def __serve_build_asgi_app__(self):
         from pixelfleet.serve.rest import build_api
@@ -274,12 +275,16 @@ class Ingress:
     async def replica_view(self, fresh: bool = True) -> dict[tuple[str, str], control.Replicas]:
         """``(application, deployment) -> control.Replicas`` from the controller (one call, in a
         thread); ``fresh=False`` reuses the last answer when there is one. When the controller
-        does not answer (it restarts), the last answer, else an empty view (every variant is
-        then asked, as without scale to zero)."""
+        does not answer within :data:`READY_TIMEOUT_S` (it restarts), the last answer, else an
+        empty view (every variant is then asked, as without scale to zero). Concurrent callers
+        share one controller call, so a slow controller holds one thread, not one per probe."""
         if fresh or self._replicas is None:
+            if self._replicas_refresh is None or self._replicas_refresh.done():
+                self._replicas_refresh = asyncio.ensure_future(asyncio.to_thread(control.replicas))
+                self._replicas_refresh.add_done_callback(lambda done: done.cancelled() or done.exception())  # retrieved
             try:
-                self._replicas = await asyncio.to_thread(control.replicas)
-            except Exception as err:  # the controller is restarting: keep what we knew
+                self._replicas = await asyncio.wait_for(asyncio.shield(self._replicas_refresh), READY_TIMEOUT_S)
+            except Exception as err:  # the controller is restarting or slow: keep what we knew
                 logger.warning("replica view: the Serve controller does not answer (%r)", err)
                 return self._replicas or {}
         return self._replicas
@@ -526,15 +531,20 @@ class Ingress:
                 logger.info("readiness: %s/%s does not answer yet: %r", family.name, variant, err)
                 return False
 
-        async def at_zero(replicas: control.Replicas) -> bool:
-            return replicas.status not in ("UNHEALTHY", "DEPLOY_FAILED")
+        async def at_zero(family: Family, variant: str, replicas: control.Replicas) -> bool:
+            """Ready without a call: its deployment is healthy and, where the family can
+            describe variants, its config gives a card (a wrong model path shows here, not at
+            its first request)."""
+            configured = family.spec.describe is not None and variant in family.config.variants  # not one added at run time
+            described = not configured or self._describe(family, variant) is not None
+            return described and replicas.status not in ("UNHEALTHY", "DEPLOY_FAILED")
 
         pairs = [(family, variant) for family in self.families.values() for variant in family.variants]
         zero = {
             (f.name, v): replicas for f, v in pairs
             if (replicas := view.get((f.variants[v].app, f.variants[v].deployment))) is not None and replicas.scaled_to_zero
         }  # fmt: skip
-        states = await asyncio.gather(*(at_zero(zero[f.name, v]) if (f.name, v) in zero else answers(f, v) for f, v in pairs))
+        states = await asyncio.gather(*(at_zero(f, v, zero[f.name, v]) if (f.name, v) in zero else answers(f, v) for f, v in pairs))
         return {f"{f.name}/{v}": state for (f, v), state in zip(pairs, states)}, sorted(f"{f}/{v}" for f, v in zero)
 
     def traffic(self) -> dict:

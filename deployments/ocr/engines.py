@@ -322,7 +322,7 @@ class TesseractEngine:
                 else:
                     lines, confidence = self._read(grey, psm)
                     if psm == PSM.SINGLE_LINE and self.reread_below is not None and confidence < 100 * self.reread_below:
-                        lines = self._more_confident((lines, confidence), self._read(smoothed(grey, self.reread_smooth), psm))
+                        lines = self._more_confident((lines, confidence), self._read(grey, psm, smooth=self.reread_smooth))
                     lines = [_shift(line, -self.border, -self.border, (height, width)) for line in lines]
             finally:
                 self._api.Clear()
@@ -339,12 +339,13 @@ class TesseractEngine:
         iterator = self._api.AnalyseLayout()
         return sum(1 for _ in iterate_level(iterator, RIL.TEXTLINE)) if iterator is not None else 0
 
-    def _read(self, grey: Image.Image, psm: int) -> tuple[list[OCRLine], float]:
-        """Lines in Tesseract's order (boxes in ``grey``'s pixels) and the mean word confidence."""
+    def _read(self, grey: Image.Image, psm: int, smooth: float | None = None) -> tuple[list[OCRLine], float]:
+        """Lines in Tesseract's order (boxes in ``grey``'s pixels) and the mean word confidence,
+        read from ``grey`` blurred by ``smooth`` pixels (default: the engine's ``smooth``)."""
         from tesserocr import RIL, iterate_level
 
         self._api.SetPageSegMode(psm)
-        self._api.SetImage(smoothed(grey, self.smooth))
+        self._api.SetImage(smoothed(grey, self.smooth if smooth is None else smooth))
         if self.dpi:
             self._api.SetSourceResolution(self.dpi)
         self._api.Recognize()

@@ -125,6 +125,8 @@ class SuperResolution(VariantDeployment):
             return await upscale_tiled(image, self.upscaler.scale, self.tile_size, self.overlap, self._infer_tiles, 4 * self.max_batch_size)
         finally:
             self._upscaling -= 1
+            if self.adaptive_batch_wait and self._upscaling <= 1:  # the one left (if any) is alone now: no wait
+                self._infer_tiles.set_batch_wait_timeout_s(0.0)
 
     async def upscale(self, image: bytes | np.ndarray, params: dict, route: list[VariantAddress]) -> Result:
         """Upscale an encoded image (PNG, JPEG, WebP, TIFF, AVIF, BMP, GIF) or ``(H, W, C)`` uint8
