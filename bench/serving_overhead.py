@@ -48,11 +48,12 @@ import time
 from pathlib import Path
 
 import httpx
-import numpy as np
 import psutil
 import yaml
 from fastapi import FastAPI, Request, Response  # module level: FastAPI resolves the endpoint's annotations here
 from PIL import Image
+from serving import tree_cpu_s as cpu_seconds  # bench/ is on sys.path: this runs as a script from there
+from superres_batching import crops as png_crops
 
 ROOT = Path(__file__).resolve().parents[1]
 LEVELS = (1, 8)
@@ -62,19 +63,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def png_crops(folder: Path, count: int, size: int = 128) -> list[bytes]:
-    """``count`` centre crops ``size`` x ``size`` of the PNG photos in ``folder`` (cycled), as PNG bytes."""
-    crops = []
-    for path in sorted(folder.glob("*.png"))[:count]:
-        with Image.open(path) as image:
-            rgb = image.convert("RGB")
-        left, top = (rgb.width - size) // 2, (rgb.height - size) // 2
-        buffer = io.BytesIO()
-        rgb.crop((left, top, left + size, top + size)).save(buffer, format="PNG")
-        crops.append(buffer.getvalue())
-    return [crops[i % len(crops)] for i in range(count)]
 
 
 def default_variant(config: Path) -> tuple[str, dict]:
@@ -134,18 +122,6 @@ async def load(url: str, bodies: list[bytes], concurrency: int) -> tuple[float, 
         started = time.perf_counter()
         await asyncio.gather(*(one(body) for body in bodies))
         return time.perf_counter() - started, latencies
-
-
-def cpu_seconds(root: psutil.Process) -> float:
-    """User + system CPU seconds of ``root`` and every process below it (children's own times)."""
-    total = 0.0
-    for process in [root, *root.children(recursive=True)]:
-        try:
-            times = process.cpu_times()
-            total += times.user + times.system
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-    return total
 
 
 def wait_ready(url: str, process: subprocess.Popen, timeout_s: float) -> float:
