@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -192,5 +193,7 @@ def test_a_run_that_does_not_fit_beside_the_replicas_is_refused(app_url: str, ti
     # in this process, already a driver of the session's cluster: the command takes that cluster
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 2, result.output
-    assert f"has {free:g} CPUs free of {SESSION_CPUS:g}" in result.output and "scaling.cpus_per_worker" in result.output
+    said = re.search(rf"has (\S+) CPUs free of {SESSION_CPUS:g}", result.output)
+    assert said and float(said.group(1)) >= free - 1e-6  # more if a variant went back to zero meanwhile
+    assert "scaling.cpus_per_worker" in result.output
     assert not (tmp_path / "runs" / ADAPTER).exists() and not (tmp_path / "out").exists()

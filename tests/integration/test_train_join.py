@@ -43,7 +43,9 @@ def test_training_joins_the_serving_cluster_and_writes_a_servable_model(trained_
     assert {actor["ActorClassName"] for actor in ran} >= {"TrainController", "RayTrainWorker", "PlacementGroupCleaner"}
     assert {a["ActorClassName"] for a in ran if a["State"] != "DEAD"} <= {"_StatsActor", "_AutoscalingCoordinatorActor"}
     free_before = float(re.search(rf"(\S+) of {SESSION_CPUS:g} CPUs free", log).group(1))
-    assert ray.available_resources().get("CPU", 0.0) == pytest.approx(free_before)  # it gave back every CPU it took
+    # it gave back every CPU it took; more may be free than before, as a variant scaled to zero
+    # (local.yaml) that an earlier test woke goes back to zero after 5 idle minutes, at any moment
+    assert ray.available_resources().get("CPU", 0.0) >= free_before - 1e-6
 
     card = json.loads((trained_x4_model / "model.json").read_text())
     assert card["training"]["command"].startswith(f"pixelfleet train srgan --output {trained_x4_model} ")
@@ -64,7 +66,8 @@ def test_a_run_that_does_not_fit_beside_the_replicas_is_refused(app_url: str, tm
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=joining_env(tmp_path_factory), cwd=REPO)
     assert done.returncode == 2, done.stdout[-3000:] + done.stderr[-3000:]
     assert "joined the Ray cluster at" in done.stderr
-    assert f"has {free:g} CPUs free of {SESSION_CPUS:g}" in done.stderr
+    said = re.search(rf"has (\S+) CPUs free of {SESSION_CPUS:g}", done.stderr)
+    assert said and float(said.group(1)) >= free - 1e-6  # more if a variant went back to zero meanwhile
     assert "start pixelfleet up with --num-cpus" in done.stderr and "scaling.cpus_per_worker" in done.stderr
 
 
