@@ -243,6 +243,9 @@ def up(
     """Start a local Ray in this process, deploy the app, and serve until Ctrl-C or SIGTERM.
 
     The cluster is announced for `pixelfleet train srgan`, which then joins it."""
+    from pixelfleet.serve.skip_imports import skip_unused_imports
+
+    skip_unused_imports()  # before Serve is imported here: the driver holds no DataFrame either
     from pixelfleet.serve.runner import run_local
 
     raise typer.Exit(
