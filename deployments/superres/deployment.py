@@ -13,6 +13,7 @@ import asyncio
 import logging
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from ray import serve
@@ -21,11 +22,13 @@ from pixelfleet.deployments import telemetry
 from pixelfleet.deployments.resources import replica_threads
 from pixelfleet.deployments.spec import Limits, Result, VariantAddress, VariantDeployment
 from pixelfleet.deployments.superres.config import UpscaleParams
-from pixelfleet.deployments.superres.upscaler import Upscaler, upscale_tiled
 from pixelfleet.models.errors import InvalidInput, PayloadTooLarge
 from pixelfleet.models.images import FAST_PNG_LEVEL, OUTPUT_MEDIA_TYPES, decode_image, encode_image, image_metadata, to_array
 from pixelfleet.models.metrics import psnr_y
 from pixelfleet.models.modelcard import resolve_model_folder
+
+if TYPE_CHECKING:
+    from pixelfleet.deployments.superres.upscaler import Upscaler
 
 logger = logging.getLogger("ray.serve")
 
@@ -75,14 +78,18 @@ class SuperResolution(VariantDeployment):
         png_level: int = FAST_PNG_LEVEL,
         **upscaler_options: str,
     ) -> None:
+        # torch comes in here, in the replica: Serve's build task imports this module only to bind the class
+        from pixelfleet.deployments.superres.upscaler import Upscaler, upscale_tiled
+
         started = time.monotonic()
+        self._upscale_tiled = upscale_tiled
         self.variant, self.tile_size, self.overlap, self.max_batch_size = variant, tile_size, overlap, max_batch_size
         self.png_level = png_level
         self.batch_wait_timeout_s, self.adaptive_batch_wait = batch_wait_timeout_s, adaptive_batch_wait
         self._upscaling = 0  # requests of this replica in upscale_pixels now
         self.limits = Limits.model_validate(limits or {})
         folder = resolve_model_folder(weights)
-        self.upscaler = Upscaler(Path(folder), num_threads=replica_threads(num_threads), weights_ref=weights, **upscaler_options)
+        self.upscaler: Upscaler = Upscaler(Path(folder), num_threads=replica_threads(num_threads), weights_ref=weights, **upscaler_options)
         # this replica's own batch queue (Ray's decorator on a method would share one per process)
         self._infer_tiles = serve.batch(
             max_batch_size=max_batch_size, batch_wait_timeout_s=batch_wait_timeout_s, max_concurrent_batches=concurrent_batches
@@ -122,7 +129,7 @@ class SuperResolution(VariantDeployment):
         try:
             if self.adaptive_batch_wait:  # a batch waits to fill only while another request is here: a lone one never waits
                 self._infer_tiles.set_batch_wait_timeout_s(self.batch_wait_timeout_s if self._upscaling > 1 else 0.0)
-            return await upscale_tiled(image, self.upscaler.scale, self.tile_size, self.overlap, self._infer_tiles, 4 * self.max_batch_size)
+            return await self._upscale_tiled(image, self.upscaler.scale, self.tile_size, self.overlap, self._infer_tiles, 4 * self.max_batch_size)
         finally:
             self._upscaling -= 1
             if self.adaptive_batch_wait and self._upscaling <= 1:  # the one left (if any) is alone now: no wait
