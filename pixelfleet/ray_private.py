@@ -78,21 +78,33 @@ def replica_actor(actor_name: str):
     return ray.get_actor(actor_name, namespace=SERVE_NAMESPACE)
 
 
-def ongoing_requests(replica) -> int:
+def ongoing_requests(replica, timeout_s: float = 30.0) -> int:
     """Requests a replica actor is handling or holds queued right now (what Serve's router
-    asks it; answered on a thread of its own, so a busy replica answers too)."""
+    asks it; answered on a thread of its own, so a busy replica answers too).
+
+    Raises:
+        GetTimeoutError: no answer within ``timeout_s`` seconds.
+    """
     import ray
 
-    return ray.get(replica.get_num_ongoing_requests.remote(), timeout=30)
+    return ray.get(replica.get_num_ongoing_requests.remote(), timeout=timeout_s)
 
 
-def running_replicas(app: str, deployment: str) -> list:
+def running_replicas(app: str, deployment: str, timeout_s: float | None = None) -> list:
     """The RUNNING replicas of a deployment as the controller lists them
     (``ray.serve.schema.ReplicaDetails``: ``replica_id``, ``actor_name``, ``node_id``, ``pid``);
-    ``[]`` when the application or deployment is not (yet) there."""
+    ``[]`` when the application or deployment is not (yet) there.
+
+    Raises:
+        GetTimeoutError: the controller did not answer within ``timeout_s`` seconds (None: wait
+            as long as it takes; a controller whose GCS is gone never answers).
+    """
+    import ray
     from ray.serve.schema import ReplicaState, ServeInstanceDetails
 
-    details = ServeInstanceDetails(**controller_client().get_serve_details())
+    # the client's get_serve_details() waits without a limit; its controller handle, with one
+    controller = controller_client()._controller
+    details = ServeInstanceDetails(**ray.get(controller.get_serve_instance_details.remote(), timeout=timeout_s))
     application = details.applications.get(app)
     found = application.deployments.get(deployment) if application is not None else None
     return [r for r in found.replicas if r.state == ReplicaState.RUNNING] if found is not None else []

@@ -19,14 +19,19 @@ SETTLE_S = 0.2
 """After the ingress replicas are idle: time for the proxy to write the last responses out."""
 
 
-def in_flight(app_names: list[str], deployment: str = INGRESS) -> int:
+def in_flight(app_names: list[str], deployment: str = INGRESS, timeout_s: float = 2.0) -> int:
     """Requests that the running replicas of ``deployment`` in the apps hold now (handling or
-    queued); replicas that cannot answer count as 0."""
+    queued); replicas that cannot answer within ``timeout_s`` seconds count as 0.
+
+    Raises:
+        GetTimeoutError: the controller did not list the replicas within ``timeout_s`` (its GCS
+            may be gone: a SIGTERM to the whole process group stops Ray's own processes too).
+    """
     total = 0
     for app in app_names:
-        for replica in running_replicas(app, deployment):
+        for replica in running_replicas(app, deployment, timeout_s=timeout_s):
             try:
-                total += ongoing_requests(replica_actor(replica.actor_name))
+                total += ongoing_requests(replica_actor(replica.actor_name), timeout_s=timeout_s)
             except Exception:  # a replica that is gone holds nothing
                 continue
     return total
@@ -37,12 +42,19 @@ def drain(app_names: list[str], timeout_s: float) -> tuple[bool, float, int]:
 
     Returns:
         ``(drained, seconds waited, requests still held)``.
+
+    Raises:
+        GetTimeoutError: the controller did not answer before ``timeout_s`` ran out.
     """
     started = time.monotonic()
-    held = in_flight(app_names)
+
+    def left() -> float:
+        return max(timeout_s - (time.monotonic() - started), POLL_S)
+
+    held = in_flight(app_names, timeout_s=left())
     while held and time.monotonic() - started < timeout_s:
         time.sleep(POLL_S)
-        held = in_flight(app_names)
+        held = in_flight(app_names, timeout_s=left())
     if not held:
         time.sleep(SETTLE_S)
     return held == 0, time.monotonic() - started, held

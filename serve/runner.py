@@ -22,7 +22,9 @@ import json
 import logging
 import os
 import signal
+import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from types import FrameType
@@ -42,6 +44,12 @@ from pixelfleet.serve.skip_imports import SETUP_HOOK
 DRAIN_TIMEOUT_S = 4.0
 """On SIGTERM or Ctrl-C, the longest wait for the requests in flight before Serve stops (the
 port closes about 0.2 s after it)."""
+
+SHUTDOWN_LIMIT_S = 25.0
+"""On SIGTERM or Ctrl-C, the longest the drain and Ray's shutdown may take together before the
+process exits anyway (code 1), under Kubernetes' default 30 s grace period. Ray's shutdown
+takes ~7 s; it never ends when Ray's own processes were stopped first (a SIGTERM to the whole
+process group, as ``timeout`` and systemd send it), and the processes Ray started die with this one."""
 
 console = Console(soft_wrap=True)  # never break a URL or a path across lines
 SERVE_NAMESPACE = "serve"
@@ -64,6 +72,21 @@ def load_serve_config(path: Path, host: str | None = None, port: int | None = No
 
 def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
+
+
+def _exit_after(limit_s: float) -> threading.Timer:
+    """A started daemon timer that ends the process with code 1 after ``limit_s`` seconds."""
+
+    def exit_now() -> None:
+        console.print(f"[bold red]Ray did not stop within {limit_s:g} s; exiting[/]")
+        sys.stdout.flush()  # os._exit skips it: what was printed to a pipe or file would be lost
+        sys.stderr.flush()
+        os._exit(1)
+
+    timer = threading.Timer(limit_s, exit_now)
+    timer.daemon = True
+    timer.start()
+    return timer
 
 
 def wait_until_running(name: str, timeout_s: float) -> None:
@@ -296,6 +319,7 @@ def run_local(
         while True:
             time.sleep(1)
     except KeyboardInterrupt:
+        _exit_after(SHUTDOWN_LIMIT_S)
         console.print(f"shutting down: the requests in flight finish first (at most {DRAIN_TIMEOUT_S:g} s)")
         try:
             drained, waited, held = drain(names, DRAIN_TIMEOUT_S)
