@@ -4,7 +4,8 @@ In a fresh interpreter (as ``pixelfleet up`` starts), it times each step until a
 through Serve's proxy is answered:
 
 - ``import ray, ray.serve``;
-- ``ray.init()`` (GCS, raylet, the dashboard agent; no dashboard), as ``pixelfleet up`` calls it;
+- ``ray.init()`` (GCS, raylet, the dashboard agent; no dashboard), as ``pixelfleet up`` calls it
+  (with its setup hook that keeps pandas and pyarrow out, ``serve/skip_imports.py``);
 - ``serve.start()`` (the controller and the HTTP proxy);
 - ``serve.run()`` of an application of ``--replicas`` deployments, each one replica that does
   nothing (num_cpus 0), until the proxy answers 200: what starting N replica processes costs
@@ -29,14 +30,17 @@ import sys
 import time
 
 CHILD = r"""
-import json, logging, sys, time
+import json, logging, os, sys, time
 t0 = time.monotonic()
+from pixelfleet.serve.skip_imports import SETUP_HOOK, skip_unused_imports
+skip_unused_imports()  # as `pixelfleet up` does, in its driver and (the hook) in its job's workers
+os.environ.setdefault("RAY_prestart_worker_first_driver", "0")
 import ray
 from ray import serve
 marks = {"import ray, ray.serve": time.monotonic() - t0}
 replicas, port = int(sys.argv[1]), int(sys.argv[2])
 t = time.monotonic()
-ray.init(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+ray.init(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False, runtime_env={"worker_process_setup_hook": SETUP_HOOK})
 marks["ray.init"] = time.monotonic() - t
 t = time.monotonic()
 serve.start(http_options={"host": "127.0.0.1", "port": port})

@@ -11,28 +11,39 @@ from __future__ import annotations
 
 import time
 
+from ray.exceptions import GetTimeoutError, RayActorError
+
 from pixelfleet.ray_private import ongoing_requests, replica_actor, running_replicas
 
 INGRESS = "Ingress"
 POLL_S = 0.05
+MIN_CALL_S = 0.5
+"""The shortest limit of one call to the controller or a replica (a 2-core machine under load
+answers in tens of milliseconds, not in one)."""
 SETTLE_S = 0.2
 """After the ingress replicas are idle: time for the proxy to write the last responses out."""
 
 
-def in_flight(app_names: list[str], deployment: str = INGRESS, timeout_s: float = 2.0) -> int:
+def in_flight(app_names: list[str], deployment: str = INGRESS, deadline: float | None = None) -> int:
     """Requests that the running replicas of ``deployment`` in the apps hold now (handling or
-    queued); replicas that cannot answer within ``timeout_s`` seconds count as 0.
+    queued); replicas that cannot answer by ``deadline`` (``time.monotonic()`` seconds; None: no
+    limit) count as 0.
 
     Raises:
-        GetTimeoutError: the controller did not list the replicas within ``timeout_s`` (its GCS
-            may be gone: a SIGTERM to the whole process group stops Ray's own processes too).
+        GetTimeoutError: the controller did not list the replicas by ``deadline`` (its GCS may be
+            gone: a SIGTERM to the whole process group stops Ray's own processes too).
+        RayActorError: the controller is dead.
     """
+
+    def left() -> float | None:
+        return None if deadline is None else max(deadline - time.monotonic(), MIN_CALL_S)
+
     total = 0
     for app in app_names:
-        for replica in running_replicas(app, deployment, timeout_s=timeout_s):
+        for replica in running_replicas(app, deployment, timeout_s=left()):
             try:
-                total += ongoing_requests(replica_actor(replica.actor_name), timeout_s=timeout_s)
-            except Exception:  # a replica that is gone holds nothing
+                total += ongoing_requests(replica_actor(replica.actor_name), timeout_s=left())
+            except Exception:  # a replica that is gone (or mute) holds nothing we can wait for
                 continue
     return total
 
@@ -41,20 +52,22 @@ def drain(app_names: list[str], timeout_s: float) -> tuple[bool, float, int]:
     """Wait until the apps' ingress replicas hold no request, or ``timeout_s`` seconds.
 
     Returns:
-        ``(drained, seconds waited, requests still held)``.
+        ``(drained, seconds waited, requests still held)``; when the controller stops answering
+        after the first poll, the last count it gave.
 
     Raises:
-        GetTimeoutError: the controller did not answer before ``timeout_s`` ran out.
+        GetTimeoutError, RayActorError: the controller did not answer the first poll in time (see
+            :func:`in_flight`): Ray is going or gone, there is nothing to wait for.
     """
     started = time.monotonic()
-
-    def left() -> float:
-        return max(timeout_s - (time.monotonic() - started), POLL_S)
-
-    held = in_flight(app_names, timeout_s=left())
-    while held and time.monotonic() - started < timeout_s:
+    deadline = started + timeout_s
+    held = in_flight(app_names, deadline=deadline)
+    while held and time.monotonic() < deadline:
         time.sleep(POLL_S)
-        held = in_flight(app_names, timeout_s=left())
+        try:
+            held = in_flight(app_names, deadline=deadline)
+        except (GetTimeoutError, RayActorError):
+            break
     if not held:
         time.sleep(SETTLE_S)
     return held == 0, time.monotonic() - started, held

@@ -32,6 +32,7 @@ from types import FrameType
 import ray
 import yaml
 from ray import serve
+from ray.exceptions import GetTimeoutError, RayActorError
 from ray.serve.schema import ApplicationStatus, ServeDeploySchema
 from rich.console import Console
 
@@ -45,11 +46,14 @@ DRAIN_TIMEOUT_S = 4.0
 """On SIGTERM or Ctrl-C, the longest wait for the requests in flight before Serve stops (the
 port closes about 0.2 s after it)."""
 
-SHUTDOWN_LIMIT_S = 25.0
+SHUTDOWN_LIMIT_S = 60.0
 """On SIGTERM or Ctrl-C, the longest the drain and Ray's shutdown may take together before the
-process exits anyway (code 1), under Kubernetes' default 30 s grace period. Ray's shutdown
-takes ~7 s; it never ends when Ray's own processes were stopped first (a SIGTERM to the whole
-process group, as ``timeout`` and systemd send it), and the processes Ray started die with this one."""
+process exits anyway (code 1; the processes Ray started die with it): a last resort against a
+hang. A normal stop takes ~8 s; ``serve.shutdown()`` may wait up to Serve's
+``graceful_shutdown_timeout_s`` (20 s by default) for requests still running after the drain.
+When Ray's own processes were stopped by the same signal (a SIGTERM to the whole process group,
+as ``timeout`` and systemd send it), the drain finds the controller mute and the runner skips
+``serve.shutdown()``, which would wait for it."""
 
 console = Console(soft_wrap=True)  # never break a URL or a path across lines
 SERVE_NAMESPACE = "serve"
@@ -78,10 +82,12 @@ def _exit_after(limit_s: float) -> threading.Timer:
     """A started daemon timer that ends the process with code 1 after ``limit_s`` seconds."""
 
     def exit_now() -> None:
-        console.print(f"[bold red]Ray did not stop within {limit_s:g} s; exiting[/]")
-        sys.stdout.flush()  # os._exit skips it: what was printed to a pipe or file would be lost
-        sys.stderr.flush()
-        os._exit(1)
+        try:
+            console.print(f"[bold red]Ray did not stop within {limit_s:g} s; exiting[/]")
+            sys.stdout.flush()  # os._exit skips it: what was printed to a pipe or file would be lost
+            sys.stderr.flush()
+        finally:  # a closed pipe (`up | tee`, tee stopped by the same signal) must not keep us here
+            os._exit(1)
 
     timer = threading.Timer(limit_s, exit_now)
     timer.daemon = True
@@ -263,10 +269,10 @@ def start_local(
     # Serve gives its HTTP proxy 5 s to report ready; a loaded 2-core laptop can take longer,
     # and the proxy is then killed and restarted in a loop. Local Ray inherits this environment.
     os.environ.setdefault("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "30")
-    # The raylet prestarts a worker for the first driver, without the job's runtime env; our
-    # job has one (the setup hook below), so no task could take that worker: 44 MiB idle for good.
-    os.environ.setdefault("RAY_prestart_worker_first_driver", "0")
     if not ray.is_initialized():
+        # The raylet prestarts a worker for the first driver, without the job's runtime env; our
+        # job has one (the setup hook below), so no task could take it: 44 MiB idle for good.
+        os.environ.setdefault("RAY_prestart_worker_first_driver", "0")
         if not verbose:  # Serve's replicas, proxy and controller log to their files only
             os.environ.setdefault("RAY_SERVE_LOG_TO_STDERR", "0")
             logging.getLogger("ray.serve").setLevel(logging.WARNING)
@@ -304,6 +310,7 @@ def run_local(
         Console(stderr=True, soft_wrap=True).print(f"[bold red]{refusal}[/]")
         return 2
     started = time.monotonic()
+    serve_answers = True
     signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         with console.status(f"starting Ray and deploying {', '.join(names)} from {config}"):
@@ -324,6 +331,9 @@ def run_local(
         try:
             drained, waited, held = drain(names, DRAIN_TIMEOUT_S)
             console.print(f"drained in {waited:.1f} s" if drained else f"{held} requests still in flight after {waited:.1f} s; stopping")
+        except (GetTimeoutError, RayActorError) as err:  # the controller is gone or mute: so is Ray, as a rule
+            serve_answers = False
+            console.print(f"no drain: the Serve controller did not answer ({type(err).__name__}); stopping Ray")
         except Exception as err:  # Serve not (yet) running: nothing to drain
             console.print(f"no drain: {type(err).__name__}")
         return 0
@@ -332,7 +342,8 @@ def run_local(
         return 1
     finally:
         if ray.is_initialized():
-            serve.shutdown()
+            if serve_answers:  # serve.shutdown() waits for a controller that no longer answers
+                serve.shutdown()
             ray.shutdown()
 
 

@@ -4,16 +4,20 @@ Ray imports both whenever they are installed, though a Serve app without Ray Dat
 Serve imports pandas only to register a JSON encoder for ``pandas.DataFrame`` responses
 (``ray.serve._private.utils``), and each worker imports pyarrow when it first deserializes an
 object, to register Ray Data's Arrow serializers (``ray._private.arrow_serialization``). Together
-they cost about 65 MiB of private memory (``from ray import serve``: 179 -> 114 MiB RSS) in every
-process of the app: the controller, the HTTP proxy, each replica and the driver, seven
-processes in the default config (BENCHMARKS.md, "idle memory"). They stay installed because Ray
-Train and Ray Data need them; pixelfleet's deployments never touch a DataFrame or an Arrow table.
+they take ~30 MiB of each process's proportional memory (PSS, the measure of issue 16; 65 MiB of
+RSS for ``from ray import serve`` alone: 179 -> 114 MiB) in each of the app's processes: the
+Serve controller, the HTTP proxy, every replica, and ``up``'s driver (``serve/cli.py`` calls
+:func:`skip_unused_imports` there itself). BENCHMARKS.md, "idle memory". They stay installed because Ray
+Train and Ray Data need them; pixelfleet's deployments never touch a DataFrame or an Arrow table
+(job storage on fsspec's pyarrow-backed ``hdfs://`` would: it needs ``PIXELFLEET_IMPORT_PANDAS=1``).
 
 :func:`skip_unused_imports` is Ray's ``worker_process_setup_hook`` for the job that
 ``pixelfleet up`` starts (:data:`SETUP_HOOK`): it runs in each of that job's worker processes
 before any task, so before Serve is imported there. Other jobs on the same cluster (a training
 run that joins) keep pandas. A family that needs pandas or pyarrow in its replicas sets
-``PIXELFLEET_IMPORT_PANDAS=1`` in its app's ``runtime_env.env_vars``.
+``PIXELFLEET_IMPORT_PANDAS=1`` in its app's ``runtime_env.env_vars`` (or in ``up``'s
+environment, for every process). A Serve app deployed by config to a cluster of its own
+(``serve deploy``, KubeRay's RayService) runs without the hook and imports both as Ray does.
 """
 
 from __future__ import annotations

@@ -64,7 +64,7 @@ BUILD_ONLY = """
 import json, sys, yaml
 from pixelfleet.serve.app import build_app
 build_app(yaml.safe_load(open(sys.argv[1]))["applications"][0]["args"])
-print(json.dumps([m for m in ("torch", "onnxruntime", "rapidocr", "tesserocr", "skimage") if m in sys.modules]))
+print(json.dumps([m for m in ("torch", "onnxruntime", "rapidocr", "tesserocr", "skimage", "diffusers", "transformers", "av") if m in sys.modules]))
 """
 
 
