@@ -11,11 +11,11 @@ through Serve's proxy is answered:
   nothing (num_cpus 0), until the proxy answers 200: what starting N replica processes costs
   here, without any model, before any import of pixelfleet.
 
-``pixelfleet up`` with ``local.yaml`` starts 4 replicas at ready (Ingress, JobWorker,
-``superres-srresnet-x4``, ``ocr-tesseract``); compare ``--replicas 4`` with ``bench/memory.py``'s
+``pixelfleet up`` with ``local.yaml`` starts 3 replicas at ready (Ingress, which runs the job
+worker too, ``superres-srresnet-x4``, ``ocr-tesseract``); compare ``--replicas 3`` with ``bench/memory.py``'s
 start to ready.
 
-    python bench/start_floor.py --replicas 4
+    python bench/start_floor.py --replicas 3
 
 Wrap it in ``flock /tmp/pixelfleet-heavy.lock`` on a shared machine. Prints one line per step.
 """
@@ -90,7 +90,7 @@ def free_port() -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--replicas", type=int, default=4, help="trivial replicas of the app (one front + N-1 behind it)")
+    parser.add_argument("--replicas", type=int, default=3, help="trivial replicas of the app (one front + N-1 behind it)")
     args = parser.parse_args(argv)
     started = time.monotonic()
     done = subprocess.run([sys.executable, "-c", CHILD, str(args.replicas), str(free_port())], capture_output=True, text=True, timeout=600)

@@ -9,6 +9,7 @@ selects PostgreSQL (the one choice for more than one machine: a SQLite file is l
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, model_validator
 
@@ -23,7 +24,13 @@ SQLITE_FILE = "jobs.sqlite"
 class JobsConfig(Strict):
     """Durable jobs (``/v1/jobs``, ``jobs/``): the store, the lease and retry schedule, the worker."""
 
-    enabled: bool = Field(False, description="serve /v1/jobs and run the JobWorker deployment")
+    enabled: bool = Field(False, description="serve /v1/jobs and run the job worker")
+    worker: Literal["deployment", "ingress"] = Field(
+        "deployment",
+        description="where the job worker's loop runs: 'deployment', a JobWorker deployment of its own (it scales apart from "
+        "the ingress, and job work such as video decoding keeps off the ingress's CPU); 'ingress', inside each Ingress "
+        "replica (one process fewer: ~120 MiB and 0.02 of a core less on a laptop; serve/configs/local.yaml)",
+    )
     database_url: str | None = Field(
         None,
         description="SQLAlchemy URL of the job store: sqlite:///PATH or postgresql+psycopg://USER@HOST/DB; "

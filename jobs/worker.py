@@ -1,9 +1,10 @@
-"""The job worker: a Serve deployment that claims jobs from the store and runs them through the
-app's ingress.
+"""The job worker: claims jobs from the store and runs them through the app's ingress, as a Serve
+deployment of its own (:class:`JobWorker`) or inside each Ingress replica (``jobs.worker:
+ingress``, one process fewer); :class:`JobRunner` is the same loop in both.
 
 Each replica runs one asyncio loop, started in ``__init__``: give up jobs whose worker died on
 their last attempt, claim runnable jobs up to ``jobs.concurrency`` (a lease of ``lease_s``
-seconds each), deliver due webhooks, then sleep ``poll_interval_s`` or until :meth:`JobWorker.wake`
+seconds each), deliver due webhooks, then sleep ``poll_interval_s`` or until :meth:`JobRunner.wake`
 (the ingress calls it after a submit); webhook deliveries run in a task of their own. Each
 claim gets its own lease token (the row's ``lease_owner``), renewed every ``heartbeat_s``;
 when a renewal finds the job no longer ours (cancelled, or the lease expired and another worker
@@ -109,14 +110,19 @@ class RunningJob:
             self.task.cancel()
 
 
-@serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 0}, max_ongoing_requests=100)
-class JobWorker:
-    """Runs jobs from the store (see the module's docstring).
+class JobRunner:
+    """Runs jobs from the store (see the module's docstring), in the Serve replica that makes it:
+    a :class:`JobWorker` replica, or an Ingress replica (``jobs.worker: ingress``). Make it in
+    the replica's constructor, on its event loop; call :meth:`stop` when the replica stops.
 
     Args:
         config: the app's ``jobs`` block (:class:`~pixelfleet.jobs.config.JobsConfig` as a dict).
         ingress: the name of the app's ingress deployment, which runs each operation
-            (``run_operation``; in the same application as this worker).
+            (``run_operation``; in the same application as this runner).
+
+    Raises:
+        RuntimeError: made outside a Serve replica, or off its event loop.
+        sqlalchemy.exc.SQLAlchemyError: the store cannot be opened or migrated.
     """
 
     def __init__(self, config: dict, ingress: str = "Ingress") -> None:
@@ -141,8 +147,6 @@ class JobWorker:
             self._ingress = serve.get_deployment_handle(self.ingress_name, app_name=self.app_name)
         return self._ingress
 
-    # ---- handle methods ----
-
     def wake(self) -> None:
         """Poll now (a job was submitted)."""
         self._wake.set()
@@ -152,12 +156,12 @@ class JobWorker:
         return {"worker": self.worker_id, "running": sorted(self.running)}
 
     def check_health(self) -> None:
-        """Serve's health check: the poll loop must be alive."""
+        """Raises RuntimeError when the poll loop has stopped (for the replica's health check)."""
         if self._loop.done():
             raise RuntimeError("the job worker's poll loop stopped")
 
-    async def __del__(self) -> None:
-        """Serve stops this replica cleanly: stop polling, hand the running jobs back."""
+    async def stop(self) -> None:
+        """The replica stops cleanly: stop polling, hand the running jobs back."""
         self._loop.cancel()
         for job in list(self.running.values()):
             if job.task is not None:
@@ -276,6 +280,17 @@ class JobWorker:
         url = await asyncio.to_thread(self.storage.write_bytes, url, content)
         return {"result_url": url, "media_type": media_type, "variant": answer.variant, "result": None}
 
+
+
+@serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 0}, max_ongoing_requests=100)
+class JobWorker(JobRunner):
+    """A :class:`JobRunner` as a deployment of its own (``jobs.worker: deployment``): it scales
+    apart from the ingress, and job work (video decoding, say) does not share the ingress's CPU.
+    Handle methods: ``wake()``, ``status()``; Serve calls ``check_health``."""
+
+    async def __del__(self) -> None:
+        """Serve stops this replica cleanly: hand the running jobs back."""
+        await self.stop()
 
 def _log_failure(task: asyncio.Task) -> None:
     if not task.cancelled() and task.exception() is not None:

@@ -9,8 +9,10 @@ and resources::
     Ingress --> superres-srresnet-x4, superres-srresnet-x2, ...   (one per variant)
             --> ocr-tesseract, ocr-rapidocr, ...
             --> RateLimiter   (only with rate_limits enabled; serve/ratelimit.py)
-            --> JobWorker     (only with jobs enabled; jobs/worker.py: claims jobs from the store
-                               and runs them through the ingress's run_operation)
+            --> JobWorker     (only with jobs enabled and jobs.worker: deployment; jobs/worker.py:
+                               claims jobs from the store and runs them through the ingress's
+                               run_operation. With jobs.worker: ingress, as in local.yaml, each
+                               Ingress replica runs that loop itself: one process fewer)
 """
 
 from __future__ import annotations
@@ -38,8 +40,8 @@ def build_app(args: dict) -> Application:
     extra = {}
     if config.rate_limits is not None and config.rate_limits.enabled:  # one limiter shared by every ingress replica
         extra["limiter"] = RateLimiter.bind(config.rate_limits.model_dump(mode="json"))
-    if config.jobs.enabled:  # runs jobs through the ingress, found by name (binding it here would be a cycle)
-        extra["job_worker"] = JobWorker.bind(config.jobs.model_dump(mode="json"), ingress=Ingress.name)
+    if config.jobs.enabled and config.jobs.worker == "deployment":  # runs jobs through the ingress, found by name
+        extra["job_worker"] = JobWorker.bind(config.jobs.model_dump(mode="json"), ingress=Ingress.name)  # (binding it: a cycle)
     return Ingress.bind(config=config.model_dump(mode="json"), variants=variants, **extra)
 
 

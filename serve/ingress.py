@@ -92,8 +92,10 @@ class Ingress:
             wired, so the whole graph is one Serve application.
         limiter: the ``RateLimiter`` deployment's handle when rate limits are on
             (``serve/ratelimit.py``), else None.
-        job_worker: the ``JobWorker`` deployment's handle when jobs are on (``jobs/worker.py``;
-            woken after each submit to ``/v1/jobs``), else None.
+        job_worker: the ``JobWorker`` deployment's handle when jobs are on with ``jobs.worker:
+            deployment`` (``jobs/worker.py``; woken after each submit to ``/v1/jobs``), else None.
+            With ``jobs.worker: ingress`` each Ingress replica runs the job loop itself
+            (``self.job_runner``, a :class:`~pixelfleet.jobs.worker.JobRunner`).
     """
 
     def __init__(
@@ -114,6 +116,28 @@ class Ingress:
         self._change_lock = asyncio.Lock()
         self._replicas: dict[tuple[str, str], control.Replicas] | None = None
         self._replicas_refresh: asyncio.Future | None = None  # the one controller call in flight, shared
+        self.job_runner = None
+        if self.config.jobs.enabled and self.config.jobs.worker == "ingress":
+            from pixelfleet.jobs.worker import JobRunner
+
+            self.job_runner = JobRunner(self.config.jobs.model_dump(mode="json"), ingress=self.deployment_name)
+
+    def wake_jobs(self) -> None:
+        """A job was submitted: the job worker polls the store now (it polls anyway if this is lost)."""
+        if self.job_runner is not None:
+            self.job_runner.wake()
+        elif self.job_worker is not None:
+            self.job_worker.wake.remote()
+
+    def check_health(self) -> None:
+        """Serve's health check. Raises RuntimeError when this replica's job loop has stopped."""
+        if self.job_runner is not None:
+            self.job_runner.check_health()
+
+    async def __del__(self) -> None:
+        """Serve stops this replica cleanly: its job loop hands its running jobs back."""
+        if self.job_runner is not None:
+            await self.job_runner.stop()
 
     def __serve_build_asgi_app__(self):
         from pixelfleet.serve.rest import build_api

@@ -267,8 +267,8 @@ def build_router(ingress: "Ingress") -> APIRouter:
             if existing.request_hash != fingerprint:
                 raise Unprocessable(f"{IDEMPOTENCY_HEADER} was used for another request (job {existing.id})")
             job, created = existing, False
-        if created and ingress.job_worker is not None:
-            ingress.job_worker.wake.remote()  # poll now; the worker polls anyway if this is lost
+        if created:
+            ingress.wake_jobs()
         headers = {"Location": f"{request.scope.get('root_path', '')}/v1/jobs/{job.id}"}
         if not created:
             headers["Idempotent-Replayed"] = "true"

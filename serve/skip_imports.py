@@ -2,8 +2,8 @@
 
 Ray imports both whenever they are installed, though a Serve app without Ray Data uses neither:
 Serve imports pandas only to register a JSON encoder for ``pandas.DataFrame`` responses
-(``ray.serve._private.utils``), and each worker imports pyarrow when it first deserializes an
-object, to register Ray Data's Arrow serializers (``ray._private.arrow_serialization``). Together
+(``ray/serve/_private/utils.py``), and each worker imports pyarrow when it first deserializes an
+object, to register Ray Data's Arrow serializers (``ray/_private/arrow_serialization.py``). Together
 they take ~30 MiB of each process's proportional memory (PSS, the measure of issue 16; 65 MiB of
 RSS for ``from ray import serve`` alone: 179 -> 114 MiB) in each of the app's processes: the
 Serve controller, the HTTP proxy, every replica, and ``up``'s driver (``serve/cli.py`` calls

@@ -81,6 +81,19 @@ def test_a_job_is_stored_run_through_the_ingress_and_its_result_kept(client):
     assert job["id"] in [j["id"] for j in listed["jobs"]]
 
 
+def test_the_default_config_runs_jobs_in_the_ingress_replica(client):
+    """local.yaml's ``jobs.worker: ingress``: no JobWorker deployment, and the job above ran
+    (its lease held by an Ingress replica; jobsapp below runs JobWorker replicas instead)."""
+    from ray import serve
+
+    from tests.integration.conftest import APP_NAME
+
+    deployments = set(serve.status().applications[APP_NAME].deployments)
+    assert "Ingress" in deployments and "JobWorker" not in deployments
+    job = client.post("/v1/jobs", json=invert_job(params={"format": "png"}), headers=headers_of("in-ingress")).json()
+    assert wait_for(client, job["id"], "in-ingress", TERMINAL)["state"] == "succeeded"
+
+
 def test_bad_submits_are_refused_at_once_and_store_nothing(client):
     owner = headers_of("refused-caller")
     cases = [

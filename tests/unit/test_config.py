@@ -64,7 +64,7 @@ def test_shipped_configs_are_valid_serve_configs(path):
             assert (variant.weights_path() / "model.json").is_file()
         names = {d.name for d in application.deployments}
         expected = {"Ingress"} | {f"{family}-{v}" for family, block in config.families.items() for v in block.variants}
-        expected |= {"JobWorker"} if config.jobs.enabled else set()
+        expected |= {"JobWorker"} if config.jobs.enabled and config.jobs.worker == "deployment" else set()
         assert names == expected, "every deployment of the graph has its resources set in the config"
 
 
