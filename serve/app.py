@@ -22,7 +22,6 @@ import os
 from ray.serve import Application
 
 from pixelfleet.deployments.spec import Limits, load_spec
-from pixelfleet.jobs.worker import JobWorker
 from pixelfleet.serve.config import AppConfig
 from pixelfleet.serve.ingress import Ingress
 from pixelfleet.serve.ratelimit import RateLimiter
@@ -41,6 +40,8 @@ def build_app(args: dict) -> Application:
     if config.rate_limits is not None and config.rate_limits.enabled:  # one limiter shared by every ingress replica
         extra["limiter"] = RateLimiter.bind(config.rate_limits.model_dump(mode="json"))
     if config.jobs.enabled and config.jobs.worker == "deployment":  # runs jobs through the ingress, found by name
+        from pixelfleet.jobs.worker import JobWorker  # SQLAlchemy and its kin: not in Serve's build task unless bound
+
         extra["job_worker"] = JobWorker.bind(config.jobs.model_dump(mode="json"), ingress=Ingress.name)  # (binding it: a cycle)
     return Ingress.bind(config=config.model_dump(mode="json"), variants=variants, **extra)
 
