@@ -216,9 +216,9 @@ async def run_batch(ctx: JobContext, storage: Storage) -> WorkResult:
     with ExitStack() as stack:
         zip_file = None
         if batch.zip is not None:
-            path = stack.enter_context(storage.local_copy(batch.zip))
+            path = await asyncio.to_thread(stack.enter_context, storage.local_copy(batch.zip))  # a download, maybe
             try:
-                zip_file = stack.enter_context(zipfile.ZipFile(path))
+                zip_file = stack.enter_context(await asyncio.to_thread(zipfile.ZipFile, path))
             except zipfile.BadZipFile:
                 raise InvalidInput("the batch's zip is not a zip file") from None
         items = await asyncio.to_thread(list_items, batch, storage, zip_file)

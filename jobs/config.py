@@ -42,7 +42,7 @@ class JobsConfig(Strict):
     poll_interval_s: float = Field(1.0, gt=0, le=60, description="seconds between the worker's polls of the store when idle")
     lease_s: float = Field(30.0, ge=1, le=3600, description="seconds a claim holds without a heartbeat; then another worker may run the job")
     heartbeat_s: float | None = Field(None, gt=0, description="seconds between lease renewals; default lease_s / 3")
-    concurrency: int = Field(2, ge=1, le=256, description="jobs one worker replica runs at once")
+    concurrency: int = Field(2, ge=1, le=256, description="jobs one worker replica runs at once (with worker: ingress, each Ingress replica)")
     max_attempts: int = Field(3, ge=1, le=100, description="runs of a job (retries and lost leases included) before it is failed")
     backoff_s: float = Field(2.0, gt=0, le=3600, description="delay before the first retry; doubles each attempt")
     backoff_max_s: float = Field(300.0, gt=0, le=86400, description="the longest delay between retries")

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import io
+import itertools
 import tempfile
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -264,6 +265,11 @@ class _Chunker:
         await self.ctx.checkpoint(self.state)
 
 
+def _take(frames: Iterator[av.VideoFrame], count: int) -> list[av.VideoFrame]:
+    """The next ``count`` decoded frames of ``frames`` (fewer at the end; [] when it is done)."""
+    return list(itertools.islice(frames, count))
+
+
 def _input_url(ctx: JobContext, video: VideoParams) -> str:
     if video.input is not None:
         return video.input
@@ -297,14 +303,15 @@ async def run_video(ctx: JobContext, storage: Storage) -> WorkResult:
     state = dict(ctx.resume_state or {"chunks": 0, "segments": [], "frames": 0})
     if "done" in state:  # the output was written and checkpointed; only the run's end was lost
         return WorkResult(**state["done"])
-    with ExitStack() as stack:
-        source = stack.enter_context(storage.local_copy(source_url))
+    with ExitStack() as stack:  # downloads, opening and decoding run in threads: the loop may be the ingress's
+        source = await asyncio.to_thread(stack.enter_context, storage.local_copy(source_url))
         with open(source, "rb") as file:
             demuxer = demuxer_of(file.read(16))
         try:
-            container = stack.enter_context(av.open(str(source), format=demuxer, options={"protocol_whitelist": "file"}))
+            opened = await asyncio.to_thread(av.open, str(source), format=demuxer, options={"protocol_whitelist": "file"})
         except av.FFmpegError:
             raise InvalidInput("the input is not a video FFmpeg can read") from None
+        container = stack.enter_context(opened)
         if not container.streams.video:
             raise Unprocessable("the input has no video stream")
         stream = container.streams.video[0]
@@ -319,18 +326,21 @@ async def run_video(ctx: JobContext, storage: Storage) -> WorkResult:
             total = int(container.duration / av.time_base * rate)
         run = _Chunker(ctx, storage, video, folder, state)
         skip_to, pending, index = state["frames"], [], -1
+        decoded = container.decode(stream)
         try:
-            for index, frame in enumerate(container.decode(stream)):
-                if index >= video.max_frames:
-                    raise Unprocessable(f"the video has more than {video.max_frames} frames")
-                if index < skip_to:
-                    continue
-                pending.append(frame)
-                if len(pending) == video.chunk_frames:
-                    await run.chunk(pending, index + 1 - len(pending), max(total, index + 1), codec, rate)
-                    pending = []
-                    if ctx.cancelled():
-                        raise asyncio.CancelledError("the job was cancelled")
+            while decoded_frames := await asyncio.to_thread(_take, decoded, video.chunk_frames):
+                for frame in decoded_frames:
+                    index += 1
+                    if index >= video.max_frames:
+                        raise Unprocessable(f"the video has more than {video.max_frames} frames")
+                    if index < skip_to:
+                        continue
+                    pending.append(frame)
+                    if len(pending) == video.chunk_frames:
+                        await run.chunk(pending, index + 1 - len(pending), max(total, index + 1), codec, rate)
+                        pending = []
+                        if ctx.cancelled():
+                            raise asyncio.CancelledError("the job was cancelled")
         except av.FFmpegError:
             raise InvalidInput("the video is corrupt or truncated") from None
         if pending:

@@ -67,7 +67,7 @@ class RunningJob:
     by this one after its heartbeats failed for longer than the lease) makes this run's writes
     fail instead of mixing with the new run's."""
 
-    def __init__(self, worker: JobWorker, job: Job) -> None:
+    def __init__(self, worker: JobRunner, job: Job) -> None:
         self._worker, self._job = worker, job
         self.lease: str = job.lease_owner or ""
         self.job_id, self.family, self.operation = job.id, job.family, job.operation
@@ -121,7 +121,8 @@ class JobRunner:
             (``run_operation``; in the same application as this runner).
 
     Raises:
-        RuntimeError: made outside a Serve replica, or off its event loop.
+        RayServeException: made outside a Serve replica.
+        RuntimeError: made off the replica's event loop.
         sqlalchemy.exc.SQLAlchemyError: the store cannot be opened or migrated.
     """
 
@@ -281,7 +282,6 @@ class JobRunner:
         return {"result_url": url, "media_type": media_type, "variant": answer.variant, "result": None}
 
 
-
 @serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 0}, max_ongoing_requests=100)
 class JobWorker(JobRunner):
     """A :class:`JobRunner` as a deployment of its own (``jobs.worker: deployment``): it scales
@@ -291,6 +291,7 @@ class JobWorker(JobRunner):
     async def __del__(self) -> None:
         """Serve stops this replica cleanly: hand the running jobs back."""
         await self.stop()
+
 
 def _log_failure(task: asyncio.Task) -> None:
     if not task.cancelled() and task.exception() is not None:

@@ -133,7 +133,7 @@ class AppConfig(Strict):
     tracing: TracingConfig = TracingConfig()
     auth: AuthConfig = AuthConfig()
     rate_limits: RateLimitConfig | None = Field(None, description="per-caller rate limits (serve/ratelimit.py); none by default")
-    jobs: JobsConfig = Field(default_factory=JobsConfig, description="durable jobs: /v1/jobs and the JobWorker deployment (jobs/); off by default")
+    jobs: JobsConfig = Field(default_factory=JobsConfig, description="durable jobs: /v1/jobs and the job worker, a JobWorker deployment or a loop in the Ingress (jobs/); off by default")
     admission: AdmissionConfig = AdmissionConfig()
 
     @model_validator(mode="before")

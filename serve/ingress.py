@@ -121,6 +121,8 @@ class Ingress:
             from pixelfleet.jobs.worker import JobRunner
 
             self.job_runner = JobRunner(self.config.jobs.model_dump(mode="json"), ingress=self.deployment_name)
+            # Serve's health check, only here: a replica without one gets Serve's own watchdog of its event loop
+            self.check_health = self.job_runner.check_health
 
     def wake_jobs(self) -> None:
         """A job was submitted: the job worker polls the store now (it polls anyway if this is lost)."""
@@ -128,11 +130,6 @@ class Ingress:
             self.job_runner.wake()
         elif self.job_worker is not None:
             self.job_worker.wake.remote()
-
-    def check_health(self) -> None:
-        """Serve's health check. Raises RuntimeError when this replica's job loop has stopped."""
-        if self.job_runner is not None:
-            self.job_runner.check_health()
 
     async def __del__(self) -> None:
         """Serve stops this replica cleanly: its job loop hands its running jobs back."""

@@ -133,9 +133,13 @@ class Jobs:
     def __init__(self, ingress: "Ingress") -> None:
         self.ingress = ingress
         self.config = ingress.config.jobs
-        self.store = JobStore(self.config.url())
-        self.store.migrate()
-        self.storage = Storage(self.config.storage)
+        runner = ingress.job_runner  # the job loop in this replica (jobs.worker: ingress): one store, migrated once
+        if runner is not None:
+            self.store, self.storage = runner.store, runner.storage
+        else:
+            self.store = JobStore(self.config.url())
+            self.store.migrate()
+            self.storage = Storage(self.config.storage)
 
     # ---- checks ----
 
