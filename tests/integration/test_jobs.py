@@ -193,32 +193,38 @@ def test_cancel_a_queued_job_and_list_in_pages(client):
 # ---- an app of its own: kill its worker, restart it ----
 
 
-@pytest.fixture(scope="module")
-def jobs_app(app_url, tmp_path_factory):
-    """``(schema, url, store file)`` of app ``jobsapp`` beside the session's: two worker replicas
-    that run one job at a time each, short leases and backoff, so lost workers and retries show
-    within seconds; auth on (HS256 JWTs, :func:`bearer`)."""
+def jobs_app_schema(name: str, state: Path, worker: str, auth: bool):
+    """An app of its own beside the session's: the slow ``invert`` variant (2 s a job), jobs with
+    short leases and backoff, so lost workers and retries show within seconds; the job loop in
+    two JobWorker replicas that run one job at a time each (``worker: deployment``) or in the
+    Ingress replica (``ingress``); auth on (HS256 JWTs, :func:`bearer`) or off."""
     from ray.serve.schema import ServeApplicationSchema
 
-    state = tmp_path_factory.mktemp("jobsapp")
-    app = ServeApplicationSchema(
-        name=APP, route_prefix=f"/{APP}", import_path="pixelfleet.serve.app:build_app",
+    deployments = [{"name": "Ingress", "ray_actor_options": {"num_cpus": 0}}, {"name": "invert-slow", "ray_actor_options": {"num_cpus": 0}}]
+    if worker == "deployment":
+        deployments.append({"name": "JobWorker", "num_replicas": 2, "ray_actor_options": {"num_cpus": 0}})  # one job at a time each
+    return ServeApplicationSchema(
+        name=name, route_prefix=f"/{name}", import_path="pixelfleet.serve.app:build_app",
         runtime_env={"env_vars": {"PYTHONPATH": str(REPO), SECRET_ENV: SECRET}},
         args={
             "families": {"invert": {"kind": INVERT_KIND, "default": "slow", "variants": {"slow": {"delay_s": 2.0}}}},
-            "auth": {"enabled": True, "jwt": {"secret_env": SECRET_ENV}},
+            **({"auth": {"enabled": True, "jwt": {"secret_env": SECRET_ENV}}} if auth else {}),
             "state": {"path": str(state / "state.json")},
-            "jobs": {"enabled": True, "lease_s": 2, "heartbeat_s": 0.5, "poll_interval_s": 0.2, "concurrency": 1,
+            "jobs": {"enabled": True, "worker": worker, "lease_s": 2, "heartbeat_s": 0.5, "poll_interval_s": 0.2, "concurrency": 1,
                      "max_attempts": 3, "backoff_s": 0.2},
         },
-        deployments=[
-            {"name": "Ingress", "ray_actor_options": {"num_cpus": 0}},
-            {"name": "invert-slow", "ray_actor_options": {"num_cpus": 0}},
-            {"name": "JobWorker", "num_replicas": 2, "ray_actor_options": {"num_cpus": 0}},  # one job at a time each
-        ],
+        deployments=deployments,
     )  # fmt: skip
-    with beside_session(app):
-        yield app, f"{app_url}/{APP}", state / "jobs.sqlite"
+
+
+@pytest.fixture(scope="module")
+def jobs_app(app_url, tmp_path_factory):
+    """``(schema, url, store file)`` of app ``jobsapp`` (:func:`jobs_app_schema`: two JobWorker
+    replicas, auth on)."""
+    state = tmp_path_factory.mktemp("jobsapp")
+    schema = jobs_app_schema(APP, state, "deployment", auth=True)
+    with beside_session(schema):
+        yield schema, f"{app_url}/{APP}", state / "jobs.sqlite"
 
 
 @pytest.fixture(scope="module")
@@ -274,7 +280,9 @@ def test_transient_failures_are_retried_then_the_job_fails_with_the_error_kept(h
     assert "/srv/secret" not in json.dumps(done)
 
 
-def test_jobs_queued_and_running_survive_a_restart_of_the_whole_app(jobs_app, http):
+def restart_and_check(jobs_app: tuple, http: httpx.Client, owner: str) -> None:
+    """Submit 6 slow jobs, delete the app while they run, deploy it again: every job ends
+    succeeded, once."""
     from ray import serve
 
     from pixelfleet.jobs.store import JobStore
@@ -282,11 +290,11 @@ def test_jobs_queued_and_running_survive_a_restart_of_the_whole_app(jobs_app, ht
     from pixelfleet.serve.runner import wait_until_running
 
     app, _, database = jobs_app
-    ids = [http.post("/v1/jobs", json=invert_job(model="slow"), headers=headers_of("restarted")).json()["id"] for _ in range(6)]
-    wait_for(http, ids[0], "restarted", {"running"})
+    ids = [http.post("/v1/jobs", json=invert_job(model="slow"), headers=headers_of(owner)).json()["id"] for _ in range(6)]
+    wait_for(http, ids[0], owner, {"running"})
     running = control.deployed_config()
-    control.submit(running.model_copy(update={"applications": [a for a in running.applications if a.name != APP]}))  # delete the app
-    until(lambda: APP not in serve.status().applications, 120, f"{APP} deleted")
+    control.submit(running.model_copy(update={"applications": [a for a in running.applications if a.name != app.name]}))  # delete the app
+    until(lambda: app.name not in serve.status().applications, 120, f"{app.name} deleted")
     store = JobStore(f"sqlite:///{database}")
     try:
         between = {job_id: store.get(job_id).state for job_id in ids}  # nothing lost while no app runs
@@ -295,15 +303,37 @@ def test_jobs_queued_and_running_survive_a_restart_of_the_whole_app(jobs_app, ht
     assert set(between.values()) <= {"queued", "running", "succeeded"}, between  # some may finish while the app stops
     assert {"queued", "running"} & set(between.values()), between  # 6 jobs of 2 s, 2 at a time: some are left
     control.submit(running)  # the same app again, on the same SQLite file
-    wait_until_running(APP, 300)
+    wait_until_running(app.name, 300)
     seen: dict[str, tuple] = {}
     for job_id in ids:
-        done = wait_for(http, job_id, "restarted", TERMINAL, timeout_s=120)
+        done = wait_for(http, job_id, owner, TERMINAL, timeout_s=120)
         assert done["state"] == "succeeded", done
-        seen[job_id] = (done["finished_at"], assert_inverted(http, job_id, "restarted"))
+        seen[job_id] = (done["finished_at"], assert_inverted(http, job_id, owner))
     for job_id in ids:
-        again = http.get(f"/v1/jobs/{job_id}", headers=headers_of("restarted")).json()
+        again = http.get(f"/v1/jobs/{job_id}", headers=headers_of(owner)).json()
         assert (again["state"], again["finished_at"]) == ("succeeded", seen[job_id][0])
-        assert http.get(f"/v1/jobs/{job_id}/result", headers=headers_of("restarted")).content == seen[job_id][1]
+        assert http.get(f"/v1/jobs/{job_id}/result", headers=headers_of(owner)).content == seen[job_id][1]
         results = Path(database).parent / "jobs" / "results" / job_id
         assert len([p for p in results.iterdir() if p.name != "input"]) == 1  # one result file: one visible completion
+
+
+def test_jobs_queued_and_running_survive_a_restart_of_the_whole_app(jobs_app, http):
+    restart_and_check(jobs_app, http, "restarted")
+
+
+@pytest.fixture(scope="module")
+def ingress_jobs_app(app_url, tmp_path_factory):
+    """``(schema, url, store file)`` of app ``jobsingress``: ``jobsapp`` with the job loop in its
+    Ingress replica (``jobs.worker: ingress``, as ``local.yaml``) and auth off."""
+    state = tmp_path_factory.mktemp("jobsingress")
+    schema = jobs_app_schema("jobsingress", state, "ingress", auth=False)
+    with beside_session(schema):
+        yield schema, f"{app_url}/jobsingress", state / "jobs.sqlite"
+
+
+def test_jobs_survive_a_restart_of_an_app_whose_ingress_runs_them(ingress_jobs_app):
+    from ray import serve
+
+    assert "JobWorker" not in serve.status().applications["jobsingress"].deployments
+    with httpx.Client(base_url=ingress_jobs_app[1], timeout=60) as http:
+        restart_and_check(ingress_jobs_app, http, "restarted-in-ingress")
