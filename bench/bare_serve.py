@@ -1,0 +1,131 @@
+"""The floor under pixelfleet's per-request cost: the bench's pipeline in a bare Ray Serve app of
+pixelfleet's shape (bench-only).
+
+``bench/serving.py`` runs it as the server ``serve``: the same :class:`serving_pipeline.Pipeline`
+as the plain FastAPI server (same decode, model, tiles, PNG level, Tesseract engines), placed in
+the graph that ``pixelfleet up`` deploys, with nothing of pixelfleet's serving code::
+
+    HTTP -> Serve's proxy -> Front (FastAPI ingress) -> handle call -> SuperRes / OCR replica
+
+``Front`` forwards the raw body to the family's replica and returns its answer: no auth, no
+validation, no A/B choice, no spans or metrics, no access line. Its throughput and latency
+against the plain server are what Ray Serve's two extra processes per request cost on this
+machine, whatever the app does in them: a pixelfleet figure near this one is at the floor that
+Ray sets; the distance between them is pixelfleet's own.
+
+Ray is started as ``pixelfleet up`` starts it (its worker setup hook that keeps pandas and
+pyarrow out of Serve's processes, no dashboard, Serve's logs to files). Each family replica
+reserves 1 logical CPU, as ``local.yaml``'s variants do; torch uses 2 threads, 2 Tesseract
+engines, as the plain server. Run by the bench as::
+
+    python bench/bare_serve.py --port PORT
+
+and ready when ``GET /healthz`` answers 200; SIGTERM shuts Serve and Ray down.
+"""
+
+# (no `from __future__ import annotations`: FastAPI reads the route annotations of the pickled class)
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH))
+
+from fastapi import FastAPI, Request, Response  # noqa: E402
+from fastapi.responses import JSONResponse  # noqa: E402
+from ray import serve  # noqa: E402
+from ray.serve.handle import DeploymentHandle  # noqa: E402
+
+front_api = FastAPI(title="bare Ray Serve pipeline (bench)")
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 1}, max_ongoing_requests=32)
+class SuperRes:
+    """The plain server's super-resolution, in a replica: raw image bytes -> x4 PNG bytes."""
+
+    def __init__(self) -> None:
+        sys.path.insert(0, str(BENCH))
+        from serving_pipeline import Pipeline
+
+        self.pipeline = Pipeline(sr_workers=1, families=("superres",))
+
+    async def __call__(self, body: bytes) -> bytes:
+        return await asyncio.to_thread(self.pipeline.upscale, body)
+
+    def ready(self) -> bool:
+        return True
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 1}, max_ongoing_requests=32)
+class OCR:
+    """The plain server's OCR (2 Tesseract engines), in a replica: raw image bytes -> result dict."""
+
+    def __init__(self) -> None:
+        sys.path.insert(0, str(BENCH))
+        from serving_pipeline import Pipeline
+
+        self.pipeline = Pipeline(ocr_workers=2, families=("ocr",))
+
+    async def __call__(self, body: bytes) -> dict:
+        return await asyncio.to_thread(self.pipeline.ocr, body)
+
+    def ready(self) -> bool:
+        return True
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=64)
+@serve.ingress(front_api)
+class Front:
+    """The ingress: forwards the body to the family's replica (one handle call, as pixelfleet's)."""
+
+    def __init__(self, superres: DeploymentHandle, ocr: DeploymentHandle) -> None:
+        self.superres, self.ocr = superres, ocr
+
+    @front_api.get("/healthz")
+    async def healthz(self) -> dict:
+        """200 once both replicas answer (the models are loaded in their constructors)."""
+        await asyncio.gather(self.superres.ready.remote(), self.ocr.ready.remote())
+        return {"ok": True}
+
+    @front_api.post("/v1/superres")
+    async def upscale(self, request: Request) -> Response:
+        """Raw image body -> x4 upscale as PNG."""
+        return Response(await self.superres.remote(await request.body()), media_type="image/png")
+
+    @front_api.post("/v1/ocr")
+    async def ocr_line(self, request: Request) -> JSONResponse:
+        """Raw image body -> ``{"text", "lines"}``."""
+        return JSONResponse(await self.ocr.remote(await request.body()))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args(argv)
+    import ray
+    from pixelfleet.serve.skip_imports import SETUP_HOOK, skip_unused_imports
+
+    skip_unused_imports()
+    os.environ.setdefault("RAY_prestart_worker_first_driver", "0")
+    os.environ.setdefault("RAY_SERVE_LOG_TO_STDERR", "0")
+    os.environ.setdefault("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "30")
+    ray.init(include_dashboard=False, logging_level=logging.WARNING, runtime_env={"worker_process_setup_hook": SETUP_HOOK})
+    serve.start(http_options={"host": "127.0.0.1", "port": args.port})
+    serve.run(Front.bind(SuperRes.bind(), OCR.bind()), name="bare", route_prefix="/")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    print(f"bare Ray Serve pipeline at http://127.0.0.1:{args.port}", flush=True)
+    stop.wait()
+    ray.shutdown()  # the bench signals the whole process group: Ray's own processes stop with it
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
