@@ -261,7 +261,8 @@ def start_local(
     files (``/tmp/ray/session_latest/logs``) and prints only the access lines
     (``serve/access_log.py``); True prints everything as Ray does. All three apply only when this
     call starts Ray, and so does the setup hook that keeps pandas out of this job's worker
-    processes (``serve/skip_imports.py``).
+    processes (``serve/skip_imports.py``). A Python SIGTERM handler the caller installed stays in
+    place (``ray.init`` replaces it with one that aborts the process).
 
     Returns the HTTP base URL. Raises what :func:`wait_until_running` raises, and OSError when
     the announcement cannot be written.
@@ -276,11 +277,14 @@ def start_local(
         if not verbose:  # Serve's replicas, proxy and controller log to their files only
             os.environ.setdefault("RAY_SERVE_LOG_TO_STDERR", "0")
             logging.getLogger("ray.serve").setLevel(logging.WARNING)
+        caller_sigterm = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
         context = ray.init(
             include_dashboard=dashboard, namespace=SERVE_NAMESPACE, log_to_driver=True, num_cpus=num_cpus,
             logging_level=logging.INFO if verbose else logging.WARNING,
             runtime_env={"worker_process_setup_hook": SETUP_HOOK},  # Serve's processes without pandas
         )
+        if callable(caller_sigterm):  # ray.init's own handler aborts the process: a SIGTERM while the app
+            signal.signal(signal.SIGTERM, caller_sigterm)  # deploys keeps the caller's (up's: a clean stop)
         if not verbose:
             print_worker_lines(console_line)
         if announce is not None:

@@ -67,6 +67,35 @@ def port_open(port: int) -> bool:
         return False
 
 
+def test_up_stops_cleanly_on_sigterm_while_the_app_deploys(tmp_path: Path):
+    """A SIGTERM after Ray started but before the app is ready (Serve's proxy answers, the
+    replicas still load) stops ``up`` through its own shutdown (code 0), not through the handler
+    ``ray.init`` installs, which aborts the process (``*** SIGTERM received``)."""
+    port = _free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pixelfleet.serve.cli", "up", "--port", str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=up_env(tmp_path),
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 300
+        while not port_open(port) and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)  # the proxy answers (404) seconds before the replicas are ready
+        assert process.poll() is None, "up exited before its port opened"
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            rest, _ = process.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            raise
+    assert process.returncode == 0 and "shutting down" in rest, rest[-3000:]
+    assert "SIGTERM received" not in rest, rest[-3000:]
+    deadline = time.monotonic() + 30
+    while port_open(port) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not port_open(port), "the port stayed open after up exited"
+
+
 def test_up_exits_when_sigterm_reaches_ray_s_own_processes_too(tmp_path: Path):
     """``timeout``, systemd and ``kill -- -PGID`` signal the whole process group: Ray's GCS and
     raylet stop with ``up``, and the Serve controller then never answers. ``up`` still exits
