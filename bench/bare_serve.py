@@ -13,14 +13,17 @@ against the plain server are what Ray Serve's two extra processes per request co
 machine, whatever the app does in them: a pixelfleet figure near this one is at the floor that
 Ray sets; the distance between them is pixelfleet's own.
 
-Ray is started as ``pixelfleet up`` starts it (its worker setup hook that keeps pandas and
-pyarrow out of Serve's processes, no dashboard, Serve's logs to files). Each family replica
+Ray is started and the app deployed as ``pixelfleet up`` does it (its worker setup hook that keeps
+pandas and pyarrow out of Serve's processes, no dashboard, Serve's logs to files; a Serve config
+with an import path, ``bare_serve:app``, so Serve's build task imports the app in a fresh worker),
+so its start to ready is the floor of ``up``'s too. Each family replica
 reserves 1 logical CPU, as ``local.yaml``'s variants do; torch uses 2 threads, 2 Tesseract
 engines, as the plain server. Run by the bench as::
 
     python bench/bare_serve.py --port PORT
 
-and ready when ``GET /healthz`` answers 200; SIGTERM shuts Serve and Ray down.
+and ready when ``GET /healthz`` answers 200 (Serve's proxy answers 404 until the app runs);
+SIGTERM stops Ray.
 """
 
 # (no `from __future__ import annotations`: FastAPI reads the route annotations of the pickled class)
@@ -104,24 +107,35 @@ class Front:
         return JSONResponse(await self.ocr.remote(await request.body()))
 
 
+app = Front.bind(SuperRes.bind(), OCR.bind())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args(argv)
     import ray
+    from pixelfleet.ray_private import serve_start
     from pixelfleet.serve.skip_imports import SETUP_HOOK, skip_unused_imports
+    from ray.serve.schema import ServeDeploySchema
 
     skip_unused_imports()
     os.environ.setdefault("RAY_prestart_worker_first_driver", "0")
     os.environ.setdefault("RAY_SERVE_LOG_TO_STDERR", "0")
     os.environ.setdefault("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "30")
     ray.init(include_dashboard=False, logging_level=logging.WARNING, runtime_env={"worker_process_setup_hook": SETUP_HOOK})
-    serve.start(http_options={"host": "127.0.0.1", "port": args.port})
-    serve.run(Front.bind(SuperRes.bind(), OCR.bind()), name="bare", route_prefix="/")
+    http = {"host": "127.0.0.1", "port": args.port}
+    client = serve_start(http, "HeadOnly")
+    schema = ServeDeploySchema.model_validate({
+        "http_options": http, "proxy_location": "HeadOnly",
+        "applications": [{"name": "bare", "route_prefix": "/", "import_path": "bare_serve:app",
+                          "runtime_env": {"env_vars": {"PYTHONPATH": str(BENCH), "HF_HUB_OFFLINE": "1"}}}],
+    })  # fmt: skip
+    client.deploy_apps(schema, _blocking=False)  # as `pixelfleet up` deploys: Serve's build task imports the app
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    print(f"bare Ray Serve pipeline at http://127.0.0.1:{args.port}", flush=True)
+    print(f"bare Ray Serve pipeline deploying at http://127.0.0.1:{args.port}", flush=True)
     stop.wait()
     ray.shutdown()  # the bench signals the whole process group: Ray's own processes stop with it
     return 0

@@ -11,8 +11,9 @@ One command runs, one server after the other, on the same real images:
   (``bench/plain_server.py``);
 - **serve**: the same pipeline in a bare Ray Serve app of pixelfleet's graph (Serve's proxy -> a
   FastAPI ingress deployment -> one handle call -> the family's replica; ``bench/bare_serve.py``),
-  with none of pixelfleet's serving code: the floor that Ray Serve's two extra processes per
-  request set on this machine (the goals table shows each goal's figure for it too);
+  started and deployed from a config as ``up`` does, with none of pixelfleet's serving code: the
+  floor that Ray Serve's two extra processes per request, and its start, set on this machine (the
+  goals table shows each goal's figure for it too);
 - **bentoml**: the same pipeline as a BentoML service (``bench/bento_service.py``), in the bench's
   own virtualenv ``.venv-bentoml`` (at the repository root, outside the folders the tests scan)
   that this script makes on first use (``bentoml`` and this package, ``--constraint
