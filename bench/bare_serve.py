@@ -49,34 +49,20 @@ front_api = FastAPI(title="bare Ray Serve pipeline (bench)")
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 1}, max_ongoing_requests=32)
-class SuperRes:
-    """The plain server's super-resolution, in a replica: raw image bytes -> x4 PNG bytes."""
+class Family:
+    """One family of the plain server's pipeline in a replica: ``superres`` (raw image bytes ->
+    x4 PNG bytes, one model call at a time on 2 torch threads) or ``ocr`` (raw image bytes ->
+    the result dict, 2 Tesseract engines)."""
 
-    def __init__(self) -> None:
+    def __init__(self, family: str) -> None:
         sys.path.insert(0, str(BENCH))
         from serving_pipeline import Pipeline
 
-        self.pipeline = Pipeline(sr_workers=1, families=("superres",))
+        pipeline = Pipeline(sr_workers=1, ocr_workers=2, families=(family,))
+        self.run = pipeline.upscale if family == "superres" else pipeline.ocr
 
-    async def __call__(self, body: bytes) -> bytes:
-        return await asyncio.to_thread(self.pipeline.upscale, body)
-
-    def ready(self) -> bool:
-        return True
-
-
-@serve.deployment(ray_actor_options={"num_cpus": 1}, max_ongoing_requests=32)
-class OCR:
-    """The plain server's OCR (2 Tesseract engines), in a replica: raw image bytes -> result dict."""
-
-    def __init__(self) -> None:
-        sys.path.insert(0, str(BENCH))
-        from serving_pipeline import Pipeline
-
-        self.pipeline = Pipeline(ocr_workers=2, families=("ocr",))
-
-    async def __call__(self, body: bytes) -> dict:
-        return await asyncio.to_thread(self.pipeline.ocr, body)
+    async def __call__(self, body: bytes) -> bytes | dict:
+        return await asyncio.to_thread(self.run, body)
 
     def ready(self) -> bool:
         return True
@@ -107,7 +93,7 @@ class Front:
         return JSONResponse(await self.ocr.remote(await request.body()))
 
 
-app = Front.bind(SuperRes.bind(), OCR.bind())
+app = Front.bind(Family.options(name="SuperRes").bind("superres"), Family.options(name="OCR").bind("ocr"))
 
 
 def main(argv: list[str] | None = None) -> int:
