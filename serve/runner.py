@@ -283,8 +283,8 @@ def start_local(
             logging_level=logging.INFO if verbose else logging.WARNING,
             runtime_env={"worker_process_setup_hook": SETUP_HOOK},  # Serve's processes without pandas
         )
-        if callable(caller_sigterm):  # ray.init's own handler aborts the process: a SIGTERM while the app
-            signal.signal(signal.SIGTERM, caller_sigterm)  # deploys keeps the caller's (up's: a clean stop)
+        if caller_sigterm is not None:  # ray.init's own handler aborts the process: a SIGTERM while the
+            signal.signal(signal.SIGTERM, caller_sigterm)  # app deploys keeps the caller's (up's: a clean stop)
         if not verbose:
             print_worker_lines(console_line)
         if announce is not None:

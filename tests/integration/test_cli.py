@@ -74,20 +74,21 @@ def test_up_stops_cleanly_on_sigterm_while_the_app_deploys(tmp_path: Path):
     port = _free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "pixelfleet.serve.cli", "up", "--port", str(port)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=up_env(tmp_path),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=up_env(tmp_path), start_new_session=True,
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 300
         while not port_open(port) and process.poll() is None and time.monotonic() < deadline:
             time.sleep(0.1)  # the proxy answers (404) seconds before the replicas are ready
-        assert process.poll() is None, "up exited before its port opened"
+        assert process.poll() is None and port_open(port), "up exited, or its port did not open"
     finally:
         process.send_signal(signal.SIGTERM)
         try:
             rest, _ = process.communicate(timeout=120)
         except subprocess.TimeoutExpired:
-            process.kill()
+            os.killpg(process.pid, signal.SIGKILL)  # leave no Ray behind on the machine
             raise
+    assert "pixelfleet is serving" not in rest, "the app was ready before the SIGTERM: nothing tested"
     assert process.returncode == 0 and "shutting down" in rest, rest[-3000:]
     assert "SIGTERM received" not in rest, rest[-3000:]
     deadline = time.monotonic() + 30
